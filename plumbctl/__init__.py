@@ -1,0 +1,1 @@
+"""plumbctl: the operator's command line. Inspection of pipeline, flows and policy, and the lab."""
