@@ -22,11 +22,13 @@ class PlumbError(Exception):
 
 
 class ConfigError(PlumbError):
-    """A configuration value is wrong. `field` names it; the message says what is expected."""
+    """A configuration value is wrong. `field` names it (or the file, when the file is at fault);
+    the message says what was expected and what was found."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"config field {field!r}: {message}")
+        super().__init__(f"config: {field}: {message}")
         self.field = field
+        self.reason = message
 
 
 class SourceError(PlumbError):
