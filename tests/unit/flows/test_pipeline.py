@@ -6,7 +6,37 @@ from flows.fields import FROM_POD, TARGET_OFPORT
 from flows.flow import GotoTable, Load, SetField, match
 from flows.pipeline import PIPELINE, TABLES, Miss, PipelineError, pipeline_markdown, table
 
-DESIGN_ORDER = ["PipelineRootClassifier", "ARPSpoofGuard", "ARPResponder", "Classifier", "SpoofGuard", "UnSNAT", "ConntrackZone", "ConntrackState", "PreRoutingClassifier", "SessionAffinity", "ServiceLB", "EndpointDNAT", "AntreaPolicyEgressRule", "EgressRule", "EgressDefaultRule", "EgressMetric", "L3Forwarding", "EgressMark", "L3DecTTL", "SNATMark", "SNAT", "L2ForwardingCalc", "IngressSecurityClassifier", "AntreaPolicyIngressRule", "IngressRule", "IngressDefaultRule", "IngressMetric", "ConntrackCommit", "Output"]
+DESIGN_ORDER = [
+    "PipelineRootClassifier",
+    "ARPSpoofGuard",
+    "ARPResponder",
+    "Classifier",
+    "SpoofGuard",
+    "UnSNAT",
+    "ConntrackZone",
+    "ConntrackState",
+    "PreRoutingClassifier",
+    "SessionAffinity",
+    "ServiceLB",
+    "EndpointDNAT",
+    "AntreaPolicyEgressRule",
+    "EgressRule",
+    "EgressDefaultRule",
+    "EgressMetric",
+    "L3Forwarding",
+    "EgressMark",
+    "L3DecTTL",
+    "SNATMark",
+    "SNAT",
+    "L2ForwardingCalc",
+    "IngressSecurityClassifier",
+    "AntreaPolicyIngressRule",
+    "IngressRule",
+    "IngressDefaultRule",
+    "IngressMetric",
+    "ConntrackCommit",
+    "Output",
+]
 
 
 def test_tables_are_numbered_contiguously_in_design_order():
