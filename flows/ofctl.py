@@ -128,10 +128,15 @@ def _value_text(name: str, value: int, mask: int | None) -> str:
         text = int_to_mac(value)
         return text if mask is None else f"{text}/{int_to_mac(mask)}"
     if name in ("tcp_dst", "udp_dst", "sctp_dst", "tcp_src", "udp_src", "sctp_src"):
-        return str(value) if mask is None else f"{value:#x}/{mask:#x}"
+        return str(value) if mask is None else f"{_hex(value)}/{_hex(mask)}"
     if name in ("conj_id", "arp_op", "ip_proto", "icmpv4_type", "ct_zone"):
         return str(value)
-    return f"{value:#x}" if mask is None else f"{value:#x}/{mask:#x}"
+    return _hex(value) if mask is None else f"{_hex(value)}/{_hex(mask)}"
+
+
+def _hex(value: int) -> str:
+    """OVS prints zero as 0, everything else as 0x..."""
+    return f"{value:#x}" if value else "0"
 
 
 def _ipv4_text(value: int, mask: int | None) -> str:
@@ -197,8 +202,8 @@ def _action_text(action: Action, ports: PortNames) -> str:
 def _load_text(reg_field: RegField, value: int) -> str:
     shifted = value << reg_field.lo
     if reg_field.full:
-        return f"set_field:{shifted:#x}->{reg_field.reg}"
-    return f"set_field:{shifted:#x}/{reg_field.mask:#x}->{reg_field.reg}"
+        return f"set_field:{_hex(shifted)}->{reg_field.reg}"
+    return f"set_field:{_hex(shifted)}/{_hex(reg_field.mask)}->{reg_field.reg}"
 
 
 def _subfield(name: str, ofs: int, n_bits: int) -> str:
