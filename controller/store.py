@@ -273,14 +273,23 @@ class Store:
 
     # -- writes --
 
-    def upsert(self, kind: str, obj: Mapping[str, Any]) -> StoreEvent | None:
-        """Add or replace one object; returns the change, or None if nothing changed."""
+    def upsert(
+        self,
+        kind: str,
+        obj: Mapping[str, Any],
+        keep: Callable[[KubeObject], bool] | None = None,
+    ) -> StoreEvent | None:
+        """Add or replace one object; returns the change, or None if nothing changed.
+
+        A stored object for which `keep` returns True is left alone: two sources sharing a kind
+        use it so that the one with the later word (local pods) is not overwritten by the other.
+        """
         new = slim(kind, obj) if self._slim else dict(obj)
         _, namespace, name = object_key(kind, new)
         with self._lock:
             by_ns = self._objects.setdefault(kind, {}).setdefault(namespace, {})
             old = by_ns.get(name)
-            if old is not None and _same_version(old, new):
+            if old is not None and (_same_version(old, new) or (keep is not None and keep(old))):
                 return None
             by_ns[name] = new
             self._reindex(kind, (namespace, name), old, new)
@@ -292,13 +301,21 @@ class Store:
             self._notify(event)
             return event
 
-    def delete(self, kind: str, namespace: str, name: str) -> StoreEvent | None:
-        """Remove one object; returns the change, or None if it was not there."""
+    def delete(
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        keep: Callable[[KubeObject], bool] | None = None,
+    ) -> StoreEvent | None:
+        """Remove one object; returns the change, or None if absent (or `keep` kept it)."""
         if kind in CLUSTER_SCOPED:
             namespace = ""
         with self._lock:
             by_ns = self._objects.get(kind, {}).get(namespace)
             if by_ns is None or name not in by_ns:
+                return None
+            if keep is not None and keep(by_ns[name]):
                 return None
             old = by_ns.pop(name)
             if not by_ns:

@@ -248,3 +248,21 @@ def test_concurrent_writers_lose_nothing() -> None:
     assert store.count("Pod") == 400
     assert len(store.pods_on_node("n1")) == 400
     assert len(events) == 4 * 300
+
+
+def test_keep_protects_objects_another_source_answers_for() -> None:
+    store = Store()
+    store.upsert("Pod", pod("a", "p", rv="5", node="me"))
+
+    def is_local(p: KubeObject) -> bool:
+        return bool(p["spec"].get("nodeName") == "me")
+
+    # A late, stale event from the all-pods stream must not overwrite or delete the local pod.
+    assert store.upsert("Pod", pod("a", "p", rv="3", node=""), keep=is_local) is None
+    assert store.delete("Pod", "a", "p", keep=is_local) is None
+    stored = store.get("Pod", "a", "p")
+    assert stored is not None and stored["metadata"]["resourceVersion"] == "5"
+    # Unprotected objects are replaced as usual.
+    store.upsert("Pod", pod("a", "q", rv="1", node=""))
+    event = store.upsert("Pod", pod("a", "q", rv="2", node=""), keep=is_local)
+    assert event is not None and event.change is Change.UPDATED
