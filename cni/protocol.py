@@ -485,7 +485,7 @@ def _check_required_env(command: Command, env: Mapping[str, str]) -> None:
 
 def validate_container_id(container_id: str) -> None:
     """ENV-03: non-empty, `^[A-Za-z0-9][A-Za-z0-9_.-]*$`."""
-    if not _NAME_RE.match(container_id):
+    if not _NAME_RE.fullmatch(container_id):
         raise CniError(
             ErrorCode.INVALID_ENVIRONMENT,
             "invalid characters in CNI_CONTAINERID",
@@ -545,7 +545,7 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
 
 def _network_name(config: Mapping[str, Any]) -> str:
     name = config.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise CniError(
             ErrorCode.INVALID_NETWORK_CONFIG,
             "invalid network name",
@@ -619,7 +619,7 @@ def _requested_mac(args: Mapping[str, str], config: Mapping[str, Any]) -> str:
     for value, code in candidates:
         if value in (None, ""):
             continue
-        if not isinstance(value, str) or not _MAC_RE.match(value):
+        if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
             raise CniError(code, "invalid MAC address", repr(value))
         if int(value[:2], 16) & 1:
             raise CniError(code, "invalid MAC address", f"{value} is a multicast address")
