@@ -1,0 +1,339 @@
+"""IPAM from the node's PodCIDR: delegates to the standard host-local plugin with the node's
+range and gateway injected into the call's `ipam` section, and garbage-collects host-local's
+reservations itself (host-local has no GC) under host-local's own lock.
+
+host-local keeps one file per address in `<dataDir>/<network>/`, written under an flock on
+`<dataDir>/<network>/lock`: that makes allocations safe across concurrent calls and durable
+across agent restarts, so no address is handed out twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address, IPv4Network, ip_address
+from typing import Any, Final
+
+from cni.protocol import (
+    Attachment,
+    CniError,
+    Command,
+    ErrorCode,
+    Request,
+    Result,
+    decode_result,
+    version_tuple,
+)
+
+DEFAULT_DATA_DIR: Final = "/var/lib/cni/networks"
+FALLBACK_DIRS: Final = ("/usr/lib/cni", "/opt/cni/bin")
+HOST_LOCAL: Final = "host-local"
+# Keys of host-local's legacy single range: they would add a second range next to ours.
+_LEGACY_RANGE_KEYS: Final = ("subnet", "rangeStart", "rangeEnd", "gateway", "ranges", "range")
+
+log = logging.getLogger("plumb.cni.ipam")
+
+
+@dataclass(frozen=True)
+class DelegateAnswer:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+def find_plugin(name: str, cni_path: Sequence[str], fallback: Sequence[str]) -> str:
+    """DLG-01/ENV-07: the first `name` in CNI_PATH order, then the standard directories."""
+    if not name or "/" in name:
+        raise CniError(ErrorCode.INVALID_NETWORK_CONFIG, "invalid plugin name", repr(name))
+    dirs = [*cni_path, *(d for d in fallback if d not in cni_path)]
+    for directory in dirs:
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise CniError(
+        ErrorCode.IPAM_FAILURE, f"failed to find plugin {name!r}", f"searched {':'.join(dirs)}"
+    )
+
+
+def pick_version(wanted: str, supported: Sequence[str]) -> str | None:
+    """DLG-07: ask the delegate in our version, else in the newest one it has below ours."""
+    if wanted in supported:
+        return wanted
+    older = [v for v in supported if _safe_version(v) < version_tuple(wanted)]
+    return max(older, key=_safe_version) if older else None
+
+
+def _safe_version(version: str) -> tuple[int, ...]:
+    try:
+        return version_tuple(version)
+    except ValueError:
+        return (0,)
+
+
+def gateway_of(pod_cidr: IPv4Network) -> IPv4Address:
+    """The gateway (plumb-gw0) is the first host address of the PodCIDR."""
+    return pod_cidr.network_address + 1
+
+
+def host_local_section(
+    ipam: Mapping[str, Any], pod_cidr: IPv4Network, data_dir: str
+) -> dict[str, Any]:
+    """The call's `ipam` with the node's range, gateway and our dataDir injected, and a default
+    route via the gateway unless the network configures its own routes."""
+    section = {k: v for k, v in ipam.items() if k not in _LEGACY_RANGE_KEYS}
+    section["type"] = HOST_LOCAL
+    section["ranges"] = [[{"subnet": str(pod_cidr), "gateway": str(gateway_of(pod_cidr))}]]
+    section["dataDir"] = data_dir
+    section.setdefault("routes", [{"dst": "0.0.0.0/0"}])
+    return section
+
+
+def fill_route_gateways(result: Result) -> Result:
+    """DLG-04: a route without `gw` goes via the gateway of the IP of its family."""
+    gateways = {ipc.address.version: ipc.gateway for ipc in result.ips if ipc.gateway}
+    routes = tuple(
+        r if r.gw is not None else replace(r, gw=gateways.get(r.dst.version)) for r in result.routes
+    )
+    return replace(result, routes=routes)
+
+
+def stale_reservations(entries: Mapping[str, str], valid: frozenset[Attachment]) -> list[str]:
+    """host-local files (name -> content) that belong to no valid attachment. Content is
+    `<containerID>\\r\\n<ifname>`, or just the id in older files (HL-03, HL-06)."""
+    valid_ids = {a.container_id for a in valid}
+    stale = []
+    for name, content in entries.items():
+        try:
+            ip_address(name)
+        except ValueError:
+            continue  # lock, last_reserved_ip.N
+        lines = [line.strip() for line in content.splitlines() if line.strip()]
+        cid = lines[0] if lines else ""
+        keep = Attachment(cid, lines[1]) in valid if len(lines) >= 2 else cid in valid_ids
+        if not keep:
+            stale.append(name)
+    return sorted(stale)
+
+
+class HostLocalIpam:
+    """IPAM for one node. `pod_cidr` is the node's range; addresses come from host-local."""
+
+    def __init__(
+        self,
+        pod_cidr: IPv4Network | str,
+        *,
+        data_dir: str = DEFAULT_DATA_DIR,
+        fallback_dirs: Sequence[str] = FALLBACK_DIRS,
+        timeout: float = 30.0,
+    ) -> None:
+        self.pod_cidr = IPv4Network(pod_cidr)
+        self.gateway = gateway_of(self.pod_cidr)
+        self.data_dir = data_dir
+        self._fallback = tuple(fallback_dirs)
+        self._timeout = timeout
+        self._versions: dict[str, tuple[str, ...]] = {}
+        self._versions_lock = threading.Lock()
+
+    # -- the verbs -------------------------------------------------------------------------
+
+    def add(self, req: Request) -> Result:
+        """Reserve addresses for the attachment: an IPAM result (no interfaces, RES-04)."""
+        answer = self._call(req, Command.ADD)
+        try:
+            obj = json.loads(answer)
+        except ValueError as exc:
+            raise CniError(ErrorCode.IPAM_FAILURE, "IPAM result is not JSON", str(exc)) from exc
+        result = fill_route_gateways(decode_result(obj, "IPAM result"))
+        if not result.ips:
+            raise CniError(ErrorCode.IPAM_FAILURE, "IPAM returned no address", answer.decode())
+        return result
+
+    def delete(self, req: Request) -> None:
+        """Release the attachment's addresses; releasing nothing is fine (HL-06)."""
+        self._call(req, Command.DEL)
+
+    def check(self, req: Request) -> None:
+        """host-local fails when it holds no address for the attachment (HL-07)."""
+        self._call(req, Command.CHECK)
+
+    def gc(self, req: Request) -> None:
+        """Release every reservation of this network not in the valid list (GC-03, GC-05)."""
+        errors: list[str] = []
+        if self._ipam_type(req) == HOST_LOCAL:
+            try:
+                self.release_stale(req.network, req.valid_attachments)
+            except OSError as exc:
+                errors.append(f"host-local store: {exc}")
+        if self._delegate_speaks(req, "1.1.0"):
+            try:
+                self._call(req, Command.GC)
+            except CniError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise CniError(ErrorCode.IPAM_FAILURE, "IPAM GC failed", "; ".join(errors))
+
+    def status(self, req: Request) -> None:
+        """STS-03: forward STATUS where the delegate knows it; else check the pool ourselves."""
+        if self._delegate_speaks(req, "1.1.0"):
+            self._call(req, Command.STATUS)
+            return
+        self._plugin(req)  # the delegate must at least exist
+        if self._ipam_type(req) == HOST_LOCAL and self.free_addresses(req.network) == 0:
+            raise CniError(
+                ErrorCode.NOT_AVAILABLE, "IP pool exhausted", f"no free address in {self.pod_cidr}"
+            )
+
+    # -- host-local's store ----------------------------------------------------------------
+
+    def network_dir(self, network: str) -> str:
+        return os.path.join(self.data_dir, network)
+
+    def reservations(self, network: str) -> dict[str, str]:
+        """address -> file content, for every address host-local holds on this network."""
+        directory = self.network_dir(network)
+        out: dict[str, str] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(directory):
+                if _is_ip(name):
+                    with (
+                        contextlib.suppress(FileNotFoundError),
+                        open(
+                            os.path.join(directory, name), encoding="utf-8", errors="replace"
+                        ) as f,
+                    ):
+                        out[name] = f.read()
+        return out
+
+    def release_stale(self, network: str, valid: frozenset[Attachment]) -> list[str]:
+        """Remove reservations of attachments not in `valid`, under host-local's flock."""
+        directory = self.network_dir(network)
+        if not os.path.isdir(directory):
+            return []
+        with _flocked(os.path.join(directory, "lock")):
+            stale = stale_reservations(self.reservations(network), valid)
+            for name in stale:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(directory, name))
+        if stale:
+            log.info("GC released %s on network %s", ", ".join(stale), network)
+        return stale
+
+    def free_addresses(self, network: str) -> int:
+        # host-local hands out every host address except the gateway.
+        usable = self.pod_cidr.num_addresses - 3
+        return max(0, usable - len(self.reservations(network)))
+
+    # -- delegation ------------------------------------------------------------------------
+
+    def _ipam_type(self, req: Request) -> str:
+        return str(req.ipam.get("type", HOST_LOCAL))
+
+    def _plugin(self, req: Request) -> str:
+        return find_plugin(self._ipam_type(req), req.cni_path, self._fallback)
+
+    def _delegate_speaks(self, req: Request, version: str) -> bool:
+        return version in self._supported(self._plugin(req))
+
+    def _supported(self, path: str) -> tuple[str, ...]:
+        with self._versions_lock:
+            cached = self._versions.get(path)
+        if cached is not None:
+            return cached
+        answer = self._run(path, {"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.1.0"}')
+        try:
+            versions = tuple(json.loads(answer.stdout)["supportedVersions"])
+        except (ValueError, KeyError, TypeError):
+            versions = ()
+        with self._versions_lock:
+            self._versions[path] = versions
+        return versions
+
+    def _call(self, req: Request, command: Command) -> bytes:
+        """Run the delegate for `command` with the full config (DLG-02); its stderr is logged,
+        and so reaches the executable's stderr (DLG-03); its error is passed on (DLG-06)."""
+        path = self._plugin(req)
+        version = pick_version(req.cni_version, self._supported(path)) or req.cni_version
+        config = self._delegate_config(req, version)
+        answer = self._run(path, self._delegate_env(req, command), config)
+        name = os.path.basename(path)
+        if answer.stderr.strip():
+            log.warning("%s %s: %s", name, command.value, answer.stderr.decode(errors="replace"))
+        if answer.exit_code != 0:
+            raise _delegate_error(name, command, answer)
+        return answer.stdout
+
+    def _delegate_config(self, req: Request, version: str) -> bytes:
+        config = dict(req.config)
+        config["cniVersion"] = version
+        if self._ipam_type(req) == HOST_LOCAL:
+            config["ipam"] = host_local_section(req.ipam, self.pod_cidr, self.data_dir)
+        if not config.get("prevResult"):
+            config.pop("prevResult", None)
+        return json.dumps(config).encode()
+
+    def _delegate_env(self, req: Request, command: Command) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
+        env.update(req.env)
+        env["CNI_COMMAND"] = command.value
+        # host-local parses CNI_ARGS itself and rejects the K8S_* keys it does not know.
+        args = req.env.get("CNI_ARGS", "")
+        if args and "IgnoreUnknown=" not in args:
+            env["CNI_ARGS"] = f"IgnoreUnknown=1;{args}"
+        if not env.get("CNI_PATH"):
+            env["CNI_PATH"] = ":".join(self._fallback)
+        return env
+
+    def _run(self, path: str, env: Mapping[str, str], stdin: bytes) -> DelegateAnswer:
+        try:
+            proc = subprocess.run(
+                [path],
+                input=stdin,
+                env=dict(env),
+                capture_output=True,
+                timeout=self._timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CniError(
+                ErrorCode.IPAM_FAILURE, "IPAM plugin timed out", f"{path} after {exc.timeout}s"
+            ) from exc
+        except OSError as exc:
+            raise CniError(ErrorCode.IPAM_FAILURE, "IPAM plugin failed to start", str(exc)) from exc
+        return DelegateAnswer(proc.returncode, proc.stdout, proc.stderr)
+
+
+def _delegate_error(name: str, command: Command, answer: DelegateAnswer) -> CniError:
+    try:
+        err = json.loads(answer.stdout)
+        code = int(err["code"])
+        msg = str(err.get("msg", ""))
+        details = str(err.get("details", ""))
+    except (ValueError, KeyError, TypeError):
+        text = (answer.stdout or answer.stderr).decode(errors="replace").strip()
+        return CniError(ErrorCode.IPAM_FAILURE, f"{name} {command.value} failed", text)
+    return CniError(code, f"{name}: {msg}", details)
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _flocked(path: str) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock

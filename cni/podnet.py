@@ -1,0 +1,502 @@
+"""The pod network the CNI server drives: ADD = IPAM -> veth/netns -> OVS port with external_ids
+-> ofport -> pod flows -> result; DEL = flows, then port, veth, IPAM; CHECK, GC and STATUS; and
+the in-memory interface store, rebuilt from the OVS ports' external_ids when the agent starts.
+
+OVSDB, flows and IPAM come in through small Protocols (`PortStore`, `PodFlows`, `Ipam`): the
+agent passes its `ovsdb.client.OvsdbClient`, its flow installer and a `cni.ipam.HostLocalIpam`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, ip_address, ip_interface
+from typing import Final, Protocol
+
+from cni import netns
+from cni.protocol import (
+    AddRejected,
+    Attachment,
+    CniError,
+    ErrorCode,
+    Interface,
+    IPAddress,
+    IPConfig,
+    IPInterface,
+    Request,
+    Result,
+    merge_prev_result,
+)
+
+log = logging.getLogger("plumb.cni.podnet")
+
+DEFAULT_MTU: Final = 1450  # 1500 minus Geneve's overhead; the agent passes the real figure
+
+
+class ExternalIds:
+    """The OVS port external_ids keys that make a port a pod attachment (the agent's durable
+    memory of its pods). Kept in step with `ovsdb.keys`."""
+
+    CONTAINER_ID: Final = "plumb.container-id"
+    IFNAME: Final = "plumb.ifname"
+    NETWORK: Final = "plumb.network"
+    POD_NAMESPACE: Final = "plumb.pod-namespace"
+    POD_NAME: Final = "plumb.pod-name"
+    NETNS: Final = "plumb.netns"
+    IP: Final = "plumb.ip"
+    MAC: Final = "plumb.mac"
+    GATEWAY: Final = "plumb.gateway"
+
+
+@dataclass(frozen=True)
+class PodInterface:
+    """One pod attachment on the bridge: what the flows, CHECK and DEL need to know."""
+
+    container_id: str
+    ifname: str
+    network: str
+    pod_namespace: str
+    pod_name: str
+    netns: str
+    host_ifname: str
+    mac: str
+    ips: tuple[IPInterface, ...]
+    gateway: IPAddress | None
+    ofport: int = -1
+
+    @property
+    def attachment(self) -> Attachment:
+        return Attachment(self.container_id, self.ifname)
+
+    @property
+    def ipv4(self) -> IPv4Address | None:
+        for ip in self.ips:
+            if ip.version == 4:
+                return IPv4Address(ip.ip)
+        return None
+
+    @property
+    def owner(self) -> str:
+        """A stable flow-owner key: `pod/<namespace>/<name>` (container id without a pod name),
+        with `/<ifname>` appended for a pod's extra interfaces."""
+        name = f"pod/{self.pod_namespace or '-'}/{self.pod_name or self.container_id}"
+        return name if self.ifname == "eth0" else f"{name}/{self.ifname}"
+
+    def external_ids(self) -> dict[str, str]:
+        ids = {
+            ExternalIds.CONTAINER_ID: self.container_id,
+            ExternalIds.IFNAME: self.ifname,
+            ExternalIds.NETWORK: self.network,
+            ExternalIds.POD_NAMESPACE: self.pod_namespace,
+            ExternalIds.POD_NAME: self.pod_name,
+            ExternalIds.NETNS: self.netns,
+            ExternalIds.IP: ",".join(str(ip) for ip in self.ips),
+            ExternalIds.MAC: self.mac,
+        }
+        if self.gateway is not None:
+            ids[ExternalIds.GATEWAY] = str(self.gateway)
+        return ids
+
+
+def interface_from_port(
+    name: str, ofport: int, external_ids: Mapping[str, str]
+) -> PodInterface | None:
+    """The attachment an OVS port records, or None for ports that are no pod's."""
+    cid = external_ids.get(ExternalIds.CONTAINER_ID)
+    ifname = external_ids.get(ExternalIds.IFNAME)
+    if not cid or not ifname:
+        return None
+    try:
+        ips = tuple(ip_interface(s) for s in external_ids.get(ExternalIds.IP, "").split(",") if s)
+        gateway_raw = external_ids.get(ExternalIds.GATEWAY)
+        gateway = ip_address(gateway_raw) if gateway_raw else None
+    except ValueError:
+        log.warning("port %s has unreadable pod external_ids %s", name, dict(external_ids))
+        return None
+    return PodInterface(
+        container_id=cid,
+        ifname=ifname,
+        network=external_ids.get(ExternalIds.NETWORK, ""),
+        pod_namespace=external_ids.get(ExternalIds.POD_NAMESPACE, ""),
+        pod_name=external_ids.get(ExternalIds.POD_NAME, ""),
+        netns=external_ids.get(ExternalIds.NETNS, ""),
+        host_ifname=name,
+        mac=external_ids.get(ExternalIds.MAC, ""),
+        ips=ips,
+        gateway=gateway,
+        ofport=ofport,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The seams the agent fills
+
+
+class PortInfo(Protocol):
+    """What `PortStore` returns for a port (`ovsdb.client.PortInfo` has these and more)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ofport(self) -> int: ...
+
+    @property
+    def external_ids(self) -> Mapping[str, str]: ...
+
+
+class PortStore(Protocol):
+    """The OVSDB verbs the pod network needs (`ovsdb.client.OvsdbClient`)."""
+
+    def add_pod_port(self, bridge: str, name: str, external_ids: Mapping[str, str]) -> PortInfo:
+        """Add (or update) the port and its interface; return it with its ofport (-1: failed)."""
+        ...
+
+    def delete_port(self, bridge: str, name: str) -> None:
+        """Remove the port; a port that is not there is fine."""
+        ...
+
+    def list_ports(self, bridge: str) -> Sequence[PortInfo]:
+        """Every port on the bridge."""
+        ...
+
+
+class PodFlows(Protocol):
+    """The pod's flows: the agent's flow installer (the switch room) fills this."""
+
+    def install_pod(self, iface: PodInterface) -> None:
+        """Install (or replace) every flow of this pod, atomically."""
+        ...
+
+    def remove_pod(self, iface: PodInterface) -> None:
+        """Remove every flow of this pod; removing nothing is fine."""
+        ...
+
+    def pod_flows_present(self, iface: PodInterface) -> bool:
+        """Whether the pod's flows are installed in the switch."""
+        ...
+
+
+class Ipam(Protocol):
+    """Address management (`cni.ipam.HostLocalIpam`)."""
+
+    def add(self, req: Request) -> Result: ...
+
+    def delete(self, req: Request) -> None: ...
+
+    def check(self, req: Request) -> None: ...
+
+    def gc(self, req: Request) -> None: ...
+
+    def status(self, req: Request) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The interface store
+
+
+class InterfaceStore:
+    """PodInterface records keyed by (containerID, ifname); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_attachment: dict[Attachment, PodInterface] = {}
+
+    def get(self, attachment: Attachment) -> PodInterface | None:
+        with self._lock:
+            return self._by_attachment.get(attachment)
+
+    def put(self, iface: PodInterface) -> None:
+        with self._lock:
+            self._by_attachment[iface.attachment] = iface
+
+    def pop(self, attachment: Attachment) -> PodInterface | None:
+        with self._lock:
+            return self._by_attachment.pop(attachment, None)
+
+    def all(self) -> list[PodInterface]:
+        with self._lock:
+            return list(self._by_attachment.values())
+
+    def replace_all(self, ifaces: Iterable[PodInterface]) -> None:
+        with self._lock:
+            self._by_attachment = {i.attachment: i for i in ifaces}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_attachment)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pod network
+
+
+@dataclass(frozen=True)
+class PodNetConfig:
+    """Node-level settings. `mtu`: the uplink MTU minus tunnel overhead (a network config's
+    own `mtu` wins, ADD-11). `tx_checksum_off`: true on the userspace (netdev) datapath."""
+
+    bridge: str
+    mtu: int = DEFAULT_MTU
+    tx_checksum_off: bool = False
+    check_settle: float = 1.0  # CHK-05: how long CHECK lets flows converge after an ADD
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+
+
+class PodNetwork:
+    """ADD, DEL, CHECK, GC and STATUS for pods on one node; a `cni.server.CniBackend`."""
+
+    def __init__(self, config: PodNetConfig, ports: PortStore, flows: PodFlows, ipam: Ipam):
+        self.config = config
+        self._ports = ports
+        self._flows = flows
+        self._ipam = ipam
+        self.store = InterfaceStore()
+
+    def restore(self) -> int:
+        """Rebuild the interface store from the bridge's ports (agent start, DESIGN 8)."""
+        ifaces = [
+            iface
+            for port in self._ports.list_ports(self.config.bridge)
+            if (iface := interface_from_port(port.name, port.ofport, port.external_ids))
+        ]
+        self.store.replace_all(ifaces)
+        return len(ifaces)
+
+    # -- ADD -------------------------------------------------------------------------------
+
+    def add(self, req: Request) -> Result:
+        """ADD; on failure the caller rolls back through `delete` (ADD-05), except for
+        `AddRejected`, raised before anything changed."""
+        self._refuse_bad_add(req)
+        ipam_result = self._ipam.add(req)
+        mtu = req.mtu or self.config.mtu
+        host_name = netns.host_ifname(req.pod_name, req.container_id, req.ifname)
+        host_mac = netns.random_mac()
+        mac = req.requested_mac or netns.random_mac()
+        addresses = tuple(ipc.address for ipc in ipam_result.ips)
+        netns.create_veth(
+            netns.VethSpec(
+                host_ifname=host_name,
+                host_mac=host_mac,
+                ifname=req.ifname,
+                netns=req.netns,
+                mac=mac,
+                mtu=mtu,
+                addresses=addresses,
+                routes=tuple(netns.RouteSpec(r.dst, r.gw) for r in ipam_result.routes),
+                tx_checksum_off=self.config.tx_checksum_off,
+            )
+        )
+        iface = PodInterface(
+            container_id=req.container_id,
+            ifname=req.ifname,
+            network=req.network,
+            pod_namespace=req.pod_namespace,
+            pod_name=req.pod_name,
+            netns=req.netns,
+            host_ifname=host_name,
+            mac=mac,
+            ips=addresses,
+            gateway=next((i.gateway for i in ipam_result.ips if i.gateway), None),
+        )
+        iface = self._attach_port(iface)
+        self.store.put(iface)  # before the flows: a rollback must find them
+        self._flows.install_pod(iface)
+        ours = Result(
+            interfaces=(
+                Interface(name=host_name, mac=host_mac),
+                Interface(name=req.ifname, mac=mac, sandbox=req.netns, mtu=mtu),
+            ),
+            ips=tuple(
+                IPConfig(address=i.address, gateway=i.gateway, interface=1) for i in ipam_result.ips
+            ),
+            routes=ipam_result.routes,
+            dns=ipam_result.dns if not ipam_result.dns.is_empty() else req.dns,  # CFG-06
+        )
+        return merge_prev_result(req.prev_result, ours)
+
+    def _refuse_bad_add(self, req: Request) -> None:
+        if self.store.get(req.attachment) is not None:
+            raise AddRejected(  # ADD-08: a second ADD without DEL is a runtime bug
+                ErrorCode.INTERFACE_FAILURE,
+                "attachment already exists",
+                f"container {req.container_id} already has {req.ifname}; DEL it first",
+            )
+        if not os.path.exists(req.netns):
+            raise AddRejected(ErrorCode.INVALID_NETNS, "failed to open netns", req.netns)
+        if netns.is_own_netns(req.netns) and not req.netns_override:
+            raise AddRejected(
+                ErrorCode.INVALID_NETNS,
+                "netns is the plugin's own namespace",
+                f"{req.netns} (set CNI_NETNS_OVERRIDE=1 to allow)",
+            )
+
+    def _attach_port(self, iface: PodInterface) -> PodInterface:
+        try:
+            port = self._ports.add_pod_port(
+                self.config.bridge, iface.host_ifname, iface.external_ids()
+            )
+        except CniError:
+            raise
+        except Exception as exc:
+            raise CniError(ErrorCode.OVS_FAILURE, "failed to add the OVS port", str(exc)) from exc
+        if port.ofport is None or port.ofport <= 0:
+            raise CniError(
+                ErrorCode.OVS_FAILURE,
+                "OVS could not attach the pod interface",
+                f"port {iface.host_ifname} has ofport {port.ofport}",
+            )
+        return PodInterface(**{**iface.__dict__, "ofport": port.ofport})
+
+    # -- DEL -------------------------------------------------------------------------------
+
+    def delete(self, req: Request) -> None:
+        """DEL: idempotent and best-effort (DEL-01..08). Host-side state comes from our own
+        store (or the deterministic names), never from inside the netns (DEL-05); IPAM is
+        always told (DEL-04). Every step runs; failures are reported together at the end."""
+        errors: list[str] = []
+        iface = self.store.get(req.attachment)
+        if iface is not None:
+            self._teardown(iface, errors)
+        else:
+            for name in self._host_names(req):
+                _collect(errors, f"delete port {name}", self._delete_port, name)
+                _collect(errors, f"delete veth {name}", netns.delete_host_link, name)
+        _collect(errors, "IPAM DEL", self._ipam.delete, req)
+        if errors:
+            raise CniError(ErrorCode.INTERFACE_FAILURE, "DEL incomplete", "; ".join(errors))
+
+    def _teardown(self, iface: PodInterface, errors: list[str]) -> None:
+        # Flows before the port: a port number must not be reused while flows still name it.
+        mine: list[str] = []
+        name = iface.host_ifname
+        _collect(mine, "remove flows", self._flows.remove_pod, iface)
+        _collect(mine, f"delete port {name}", self._delete_port, name)
+        _collect(mine, f"delete veth {name}", netns.delete_host_link, name)
+        if not mine:
+            self.store.pop(iface.attachment)
+        errors.extend(mine)
+
+    def _delete_port(self, name: str) -> None:
+        self._ports.delete_port(self.config.bridge, name)
+
+    def _host_names(self, req: Request) -> list[str]:
+        """Host-end names this attachment may have: the one its pod name gives, or any with
+        its hash when the DEL carries no pod name (ENV-06: CNI_ARGS may be empty)."""
+        expected = netns.host_ifname(req.pod_name, req.container_id, req.ifname)
+        suffix = "-" + netns.attachment_hash(req.container_id, req.ifname)
+        return sorted({expected, *netns.host_links_with_suffix(suffix)})
+
+    # -- CHECK -----------------------------------------------------------------------------
+
+    def check(self, req: Request) -> None:
+        """CHECK (CHK-02..05): the container interface, its MAC and addresses and our routes
+        as prevResult states them; the OVS port; the pod's flows; the IPAM reservation."""
+        if req.prev_result is None:
+            raise CniError(ErrorCode.INVALID_NETWORK_CONFIG, "CHECK needs a prevResult", "")
+        iface = self.store.get(req.attachment)
+        if iface is None:
+            raise _check_failed("plumb knows no such attachment", f"{req.attachment}")
+        expected, index = _expected_container_iface(req)
+        link = netns.read_container_link(req.netns, req.ifname)
+        if link is None:
+            raise _check_failed(f"interface {req.ifname} missing", f"netns {req.netns}")
+        if expected.mac and link.mac.lower() != expected.mac.lower():
+            raise _check_failed("MAC address mismatch", f"{link.mac} != {expected.mac}")
+        if not link.up:
+            raise _check_failed(f"interface {req.ifname} is down", "")
+        _check_addresses(req, index, link)
+        _check_routes(req, iface, link)
+        self._check_port(iface)
+        self._check_flows(iface)
+        self._ipam.check(req)
+
+    def _check_port(self, iface: PodInterface) -> None:
+        ports = {p.name: p for p in self._ports.list_ports(self.config.bridge)}
+        port = ports.get(iface.host_ifname)
+        if port is None:
+            raise _check_failed("OVS port missing", iface.host_ifname)
+        if port.ofport != iface.ofport:
+            raise _check_failed("OVS port changed", f"ofport {port.ofport} != {iface.ofport}")
+        if not netns.host_link_exists(iface.host_ifname):
+            raise _check_failed("host veth missing", iface.host_ifname)
+
+    def _check_flows(self, iface: PodInterface) -> None:
+        deadline = self.config.clock() + self.config.check_settle
+        while not self._flows.pod_flows_present(iface):
+            if self.config.clock() >= deadline:
+                raise _check_failed("pod flows missing", iface.owner)
+            time.sleep(0.05)
+
+    # -- GC and STATUS ---------------------------------------------------------------------
+
+    def gc(self, req: Request) -> None:
+        """GC (GC-02..06): tear down every attachment of this network that is not in the valid
+        list, from our store and from the bridge's ports alike; then IPAM GC. Keeps going
+        after errors and reports them together."""
+        errors: list[str] = []
+        candidates = {i.attachment: i for i in self.store.all()}
+        try:
+            for port in self._ports.list_ports(self.config.bridge):
+                found = interface_from_port(port.name, port.ofport, port.external_ids)
+                if found is not None:
+                    candidates.setdefault(found.attachment, found)
+        except Exception as exc:
+            errors.append(f"list ports: {exc}")
+        for attachment, iface in sorted(candidates.items()):
+            if attachment in req.valid_attachments:
+                continue
+            if iface.network and iface.network != req.network:
+                continue
+            log.info("GC removes stale attachment %s/%s", *attachment)
+            self._teardown(iface, errors)
+        _collect(errors, "IPAM GC", self._ipam.gc, req)
+        if errors:
+            raise CniError(ErrorCode.INTERFACE_FAILURE, "GC incomplete", "; ".join(errors))
+
+    def status(self, req: Request) -> None:
+        """STATUS (STS-02, STS-03): the agent answers, so only IPAM can say no."""
+        self._ipam.status(req)
+
+
+def _collect(errors: list[str], what: str, step: Callable[..., object], *args: object) -> None:
+    try:
+        step(*args)
+    except Exception as exc:
+        log.warning("%s failed: %s", what, exc)
+        errors.append(f"{what}: {exc}")
+
+
+def _check_failed(msg: str, details: str) -> CniError:
+    return CniError(ErrorCode.CHECK_FAILURE, msg, details)
+
+
+def _expected_container_iface(req: Request) -> tuple[Interface, int]:
+    assert req.prev_result is not None
+    for index, iface in enumerate(req.prev_result.interfaces):
+        if iface.name == req.ifname and iface.sandbox:
+            return iface, index
+    raise _check_failed(f"prevResult has no interface {req.ifname} in a sandbox", "")
+
+
+def _check_addresses(req: Request, index: int, link: netns.ContainerLink) -> None:
+    assert req.prev_result is not None
+    for ipc in req.prev_result.ips:
+        if ipc.interface == index and ipc.address not in link.addresses:
+            raise _check_failed("address missing", f"{ipc.address} not on {req.ifname}")
+
+
+def _check_routes(req: Request, iface: PodInterface, link: netns.ContainerLink) -> None:
+    # Only the routes this plugin created (via our gateway); later plugins may add more.
+    assert req.prev_result is not None
+    for route in req.prev_result.routes:
+        gw = route.gw or iface.gateway
+        if gw != iface.gateway or gw is None:
+            continue
+        if netns.RouteSpec(route.dst, gw) not in link.routes:
+            raise _check_failed("route missing", f"{route.dst} via {gw}")

@@ -1,0 +1,373 @@
+"""The agent-side CNI server: answers the `plumb` executable's HTTP POSTs on a Unix socket and
+dispatches ADD, DEL, CHECK, GC and STATUS to an injected backend, with a lock per container, a
+"network ready" gate in front of ADD, rollback of failed ADDs through DEL, and every failure
+turned into a CNI error JSON.
+
+The server knows nothing of OVS, netlink or IPAM: the agent injects a `CniBackend` (the pod
+network, see `cni.podnet`) and a `ReadyGate` (a `threading.Event` will do).
+
+Wire format (shared with `cni/plumb`): the request body is form-encoded, one field per CNI_*
+variable plus `stdin`; the answer body is "<stdout line>\\n<stderr text>", HTTP 200 for exit 0
+and 500 for exit 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socketserver
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Final, Protocol
+from urllib.parse import parse_qsl
+
+from cni.protocol import (
+    AddRejected,
+    CniError,
+    Command,
+    ErrorCode,
+    Request,
+    Result,
+    about_text,
+    encode_result,
+    error_version,
+    parse_command,
+    parse_request,
+    version_reply,
+)
+
+DEFAULT_SOCKET: Final = "/var/run/plumb/cni.sock"
+DEFAULT_READY_TIMEOUT: Final = 30.0
+MAX_BODY: Final = 4 << 20  # a config with prevResult is a few KiB; refuse the absurd
+
+log = logging.getLogger("plumb.cni")
+
+
+class ReadyGate(Protocol):
+    """The agent's "network ready" state: the bridge, pipeline and interface store are in place.
+    `threading.Event` satisfies it."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+    def is_set(self) -> bool: ...
+
+
+class CniBackend(Protocol):
+    """What the server drives; `cni.podnet.PodNetwork` is the real one. Each method raises
+    `CniError` for a failure the runtime should see with its code; any other exception becomes
+    error 999. `delete` must be idempotent and best-effort (DEL-01..08)."""
+
+    def add(self, req: Request) -> Result: ...
+
+    def delete(self, req: Request) -> None: ...
+
+    def check(self, req: Request) -> None: ...
+
+    def gc(self, req: Request) -> None: ...
+
+    def status(self, req: Request) -> None: ...
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the executable prints and how it exits."""
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+class _KeyedLocks:
+    """One lock per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
+
+
+class _SharedExclusive:
+    """ADD/DEL/CHECK share it; GC holds it alone (GC-07: GC takes the same locks as ADD/DEL)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive)
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+class _StderrCapture(logging.Handler):
+    """Collects warnings logged under `plumb.cni` by the thread serving a call, so that they
+    (a delegate's stderr, DLG-03) reach the executable's stderr as well as the agent's log."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[str]]:
+        lines: list[str] = []
+        self._local.lines = lines
+        try:
+            yield lines
+        finally:
+            self._local.lines = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = getattr(self._local, "lines", None)
+        if lines is not None:
+            lines.append(record.getMessage())
+
+
+_capture = _StderrCapture()
+log.addHandler(_capture)
+
+
+class CniDispatcher:
+    """Turns one call (environment + stdin) into a `Reply`. No sockets: the HTTP layer and the
+    tests both call `handle`."""
+
+    def __init__(
+        self,
+        backend: CniBackend,
+        ready: ReadyGate,
+        *,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+    ) -> None:
+        self._backend = backend
+        self._ready = ready
+        self._ready_timeout = ready_timeout
+        self._container_locks = _KeyedLocks()
+        self._gc_lock = _SharedExclusive()
+
+    def handle(self, env: Mapping[str, str], stdin: bytes) -> Reply:
+        with _capture.collecting() as warnings:
+            reply = self._handle(env, stdin)
+        if warnings:
+            stderr = "\n".join([*warnings, reply.stderr] if reply.stderr else warnings)
+            reply = Reply(reply.exit_code, reply.stdout, stderr)
+        return reply
+
+    def _handle(self, env: Mapping[str, str], stdin: bytes) -> Reply:
+        try:
+            command = parse_command(env)
+            if command is None:
+                return Reply(0, "", about_text())
+            if command is Command.VERSION:
+                return Reply(0, _dumps(version_reply()))
+            req = parse_request(env, stdin)
+            return self._dispatch(req)
+        except CniError as err:
+            level = logging.INFO if err.code < 100 else logging.ERROR
+            log.log(level, "CNI %s failed: %s", env.get("CNI_COMMAND"), err)
+            return Reply(1, _dumps(err.to_dict(error_version(env, stdin))))
+        except Exception as exc:  # ERR-05: never a traceback to the runtime
+            log.exception("CNI %s: internal error", env.get("CNI_COMMAND"))
+            internal = CniError(ErrorCode.INTERNAL, "internal error in plumb agent", repr(exc))
+            return Reply(1, _dumps(internal.to_dict(error_version(env, stdin))))
+
+    def _dispatch(self, req: Request) -> Reply:
+        if req.command is Command.STATUS:
+            self._status(req)
+            return Reply(0)
+        if req.command is Command.GC:
+            self._wait_ready()
+            with self._gc_lock.exclusive():
+                self._backend.gc(req)
+            return Reply(0)
+        with self._gc_lock.shared(), self._container_locks.hold(req.container_id):
+            if req.command is Command.ADD:
+                return Reply(0, _dumps(self._add(req)))
+            if req.command is Command.DEL:
+                self._backend.delete(req)
+                return Reply(0)
+            self._wait_ready()
+            self._backend.check(req)
+            return Reply(0)
+
+    def _add(self, req: Request) -> dict[str, Any]:
+        self._wait_ready()
+        try:
+            result = self._backend.add(req)
+        except AddRejected:
+            raise
+        except Exception:
+            self._roll_back(req)
+            raise
+        return encode_result(result, req.cni_version)
+
+    def _roll_back(self, req: Request) -> None:
+        # ADD-05: a failed ADD leaves nothing behind; DEL knows how to undo any prefix of ADD.
+        try:
+            self._backend.delete(req)
+        except Exception:
+            log.exception("rollback of failed ADD %s/%s failed", req.container_id, req.ifname)
+
+    def _wait_ready(self) -> None:
+        if not self._ready.wait(self._ready_timeout):
+            raise CniError(
+                ErrorCode.TRY_AGAIN_LATER,
+                "plumb agent network not ready",
+                f"waited {self._ready_timeout:g}s for the node network to be ready",
+            )
+
+    def _status(self, req: Request) -> None:
+        if not self._ready.is_set():
+            raise CniError(ErrorCode.NOT_AVAILABLE, "plumb agent network not ready", "")
+        self._backend.status(req)
+
+    def locks_held(self) -> int:
+        """How many per-container locks exist right now (tests check none leak)."""
+        return len(self._container_locks)
+
+
+def _dumps(obj: Mapping[str, Any]) -> str:
+    # One line: the executable splits stdout from stderr at the first newline.
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def decode_form(body: bytes) -> tuple[dict[str, str], bytes]:
+    """The executable's form body -> (CNI_* environment, stdin bytes), losslessly."""
+    fields = parse_qsl(
+        body.decode("ascii", "surrogateescape"),
+        keep_blank_values=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
+    env: dict[str, str] = {}
+    stdin = b""
+    for key, value in fields:
+        if key == "stdin":
+            stdin = value.encode("utf-8", "surrogateescape")
+        elif key.startswith("CNI_"):
+            env[key] = value
+    return env, stdin
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _UnixHTTPServer
+    timeout = 30  # a client that stalls mid-request does not pin a thread forever
+
+    def do_POST(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+            if not 0 <= length <= MAX_BODY:
+                raise ValueError(f"body of {length} bytes")
+            body = self.rfile.read(length)
+            if len(body) != length:
+                raise OSError("short read")
+        except (ValueError, OSError) as exc:
+            err = CniError(ErrorCode.IO_FAILURE, "error reading the CNI request", str(exc))
+            self._answer(Reply(1, _dumps(err.to_dict())))
+            return
+        env, stdin = decode_form(body)
+        self._answer(self.server.dispatcher.handle(env, stdin))
+
+    def _answer(self, reply: Reply) -> None:
+        payload = f"{reply.stdout}\n{reply.stderr}".encode("utf-8", "replace")
+        self.send_response(200 if reply.exit_code == 0 else 500)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The base class prints the peer address, which a Unix socket does not have.
+        log.debug("http: " + format, *args)
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: str, dispatcher: CniDispatcher) -> None:
+        self.dispatcher = dispatcher
+        super().__init__(path, _Handler)
+
+
+class CniServer:
+    """The CNI socket: `start()` binds it (mode 0600) and serves from a background thread."""
+
+    def __init__(self, socket_path: str, dispatcher: CniDispatcher) -> None:
+        self.socket_path = socket_path
+        self.dispatcher = dispatcher
+        self._server: _UnixHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        os.makedirs(os.path.dirname(self.socket_path) or ".", exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)  # a stale socket from a previous agent
+        server = _UnixHTTPServer(self.socket_path, self.dispatcher)
+        os.chmod(self.socket_path, 0o600)
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="cni-server", kwargs={"poll_interval": 0.2}
+        )
+        self._thread.daemon = True
+        self._thread.start()
+        log.info("CNI server listening on %s", self.socket_path)
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> CniServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
