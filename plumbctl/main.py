@@ -1,0 +1,80 @@
+"""`plumbctl`: the operator's command line (click). Each command is a thin shell over the rooms."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from flows.pipeline import TABLES, pipeline_markdown, register_markdown
+
+
+@click.group()
+def cli() -> None:
+    """Inspect Plumb's datapath and run labs."""
+
+
+@cli.command()
+@click.option("--install", is_flag=True, help="Start a private OVS, install the skeleton, dump it.")
+@click.option("--markdown", is_flag=True, help="Print the pipeline reference as Markdown.")
+def pipeline(install: bool, markdown: bool) -> None:
+    """The pipeline, generated from its declaration (or installed into a private OVS)."""
+    if markdown:
+        click.echo(
+            "## Tables\n\n" + pipeline_markdown() + "\n## Registers\n\n" + register_markdown()
+        )
+        return
+    if install:
+        _install_pipeline()
+        return
+    click.echo(f"{'id':>3}  {'table':<26} {'stage':<16} {'miss':<5} what it does")
+    for t in TABLES.values():
+        click.echo(
+            f"{t.id:>3}  {t.name:<26} {t.spec.stage.value:<16} {t.spec.miss.value:<5} {t.spec.doc}"
+        )
+
+
+def _install_pipeline() -> None:
+    from controller.bridge import BridgeSettings, ensure_node_bridge
+    from controller.switch import Switch
+    from flows.skeleton import skeleton_flows
+    from lab.ovs_sandbox import OvsBinariesMissing, OvsSandbox, require_ovs_binaries
+
+    try:
+        require_ovs_binaries()
+    except OvsBinariesMissing as exc:
+        raise click.ClickException(str(exc)) from exc
+    with (
+        tempfile.TemporaryDirectory(prefix="plumb-pipeline-") as tmp,
+        OvsSandbox(Path(tmp) / "ovs") as ovs,
+    ):
+        settings = BridgeSettings(name="br-int", datapath_type="netdev")
+        ensure_node_bridge(ovs.db_remote, settings)
+        switch = Switch(ovs.mgmt_socket("br-int"))
+        switch.start()
+        try:
+            switch.wait_connected(10)
+            switch.replace_flows("pipeline", skeleton_flows(1))
+        finally:
+            switch.stop()
+        click.echo(f"# ovs-ofctl -O OpenFlow15 --names --no-stats dump-flows br-int ({ovs.rundir})")
+        click.echo(
+            ovs.ofctl(
+                "-O",
+                "OpenFlow15",
+                "--names",
+                "--no-stats",
+                "dump-flows",
+                str(ovs.mgmt_socket("br-int")),
+            ),
+            nl=False,
+        )
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
