@@ -381,3 +381,25 @@ def register_markdown() -> str:
     for f in REG_FIELDS:
         lines.append(f"| {f.name} | {f.reg}[{f.lo}..{f.hi}] | {f.doc} |")
     return "\n".join(lines) + "\n"
+
+
+_DOCUMENT_HEAD = """# The pipeline
+
+Generated from `flows/pipeline.py` and `flows/fields.py` by `plumbctl pipeline --markdown`
+(a unit test keeps this page in step with the code). Table numbers are fixed and contiguous;
+names follow Antrea's so that dumps read the same. A table that a disabled feature leaves empty
+holds only its miss flow. Every table is named in OVSDB, so
+`ovs-ofctl -O OpenFlow15 --names dump-flows br-int` prints `table=SpoofGuard`, not `table=4`.
+
+"""
+
+
+def pipeline_document() -> str:
+    """docs/pipeline.md: tables and registers."""
+    return (
+        _DOCUMENT_HEAD
+        + "## Tables\n\n"
+        + pipeline_markdown()
+        + "\n## Registers\n\n"
+        + register_markdown()
+    )

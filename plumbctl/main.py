@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from flows.pipeline import TABLES, pipeline_markdown, register_markdown
+from flows.pipeline import TABLES, pipeline_document
 
 
 @click.group()

@@ -96,3 +96,12 @@ def test_generated_markdown_lists_every_table():
     doc = pipeline_markdown()
     for name in DESIGN_ORDER:
         assert f"| {name} |" in doc
+
+
+def test_pipeline_doc_is_generated_from_the_declaration():
+    from pathlib import Path
+
+    from flows.pipeline import pipeline_document
+
+    doc = Path(__file__).parents[3] / "docs" / "pipeline.md"
+    assert doc.read_text() == pipeline_document(), "regenerate: plumbctl pipeline --markdown"
