@@ -2,7 +2,8 @@
 
 It keeps the installed flows per owner (`pod/ns/name`, `node/name`, `rule/uid/index`,
 `pipeline`), diffs an owner's new flows against what it has installed, and sends the difference
-as one atomic bundle: every message is written without waiting, then one commit is waited for.
+as one atomic bundle: every message is written without waiting, then one barrier and the commit
+are waited for.
 The cache changes only after the commit succeeds. A supervisor thread keeps the connection up,
 reconnecting with backoff and replaying the whole store, so an ovs-vswitchd restart heals itself.
 """
@@ -231,34 +232,51 @@ class Switch:
     # --- bundles ---------------------------------------------------------------------------
 
     def _send_bundle(self, conn: Connection, messages: list[tuple[int, Flow]]) -> None:
-        """Open, add every message, commit; wait once, for the commit."""
+        """Open, add every message, then commit; never wait per message.
+
+        OVS checks each bundle-add as it arrives and leaves a refused message out of the
+        bundle rather than failing the commit, so a barrier follows the adds: if any add was
+        refused, the bundle is discarded instead of committed, and nothing changes.
+        """
         if not messages:
             return
         bundle_id = next(self._bundle_ids)
         open_xid = conn.next_xid()
-        first = conn.next_xid()
-        xids = [first] + [conn.next_xid() for _ in range(len(messages) - 1)]
-        commit_xid = conn.next_xid()
-        tracked = conn.track(first, xids[-1])
-        open_wait = conn.expect(open_xid)
-        commit_wait = conn.expect(commit_xid)
+        xids = [conn.next_xid() for _ in messages]
+        barrier_xid = conn.next_xid()
+        tracked = conn.track(xids[0], xids[-1])
+        waits = {xid: conn.expect(xid) for xid in (open_xid, barrier_xid)}
         payload = [self._bundle_ctrl(bundle_id, ofp.ONF_BCT_OPEN_REQUEST, open_xid)]
         payload += [
             bundle_add(flow_mod(flow, command, xid), bundle_id, xid, _BUNDLE_FLAGS)
             for xid, (command, flow) in zip(xids, messages, strict=True)
         ]
-        payload.append(self._bundle_ctrl(bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, commit_xid))
+        payload.append(serialize(parser.OFPBarrierRequest(DATAPATH), barrier_xid))
+        timeout = self.request_timeout + len(messages) / 20000
         try:
             conn.send_raw(payload)
-            conn.wait(open_xid, open_wait)
-            timeout = self.request_timeout + len(messages) / 20000
-            conn.wait(commit_xid, commit_wait, timeout)
+            conn.wait(open_xid, waits[open_xid])
+            conn.wait(barrier_xid, waits[barrier_xid], timeout)
+            if tracked.errors:
+                self._finish_bundle(conn, bundle_id, ofp.ONF_BCT_DISCARD_REQUEST)
+            else:
+                self._finish_bundle(conn, bundle_id, ofp.ONF_BCT_COMMIT_REQUEST, timeout)
         except OpenFlowError as exc:
             raise self._explain(exc, tracked, xids, messages) from exc
         finally:
             conn.untrack(tracked)
+        if tracked.errors:
+            raise self._explain(OpenFlowError("bundle refused"), tracked, xids, messages)
         self.counters.bundles += 1
         self.counters.flow_mods += len(messages)
+
+    def _finish_bundle(
+        self, conn: Connection, bundle_id: int, kind: int, timeout: float | None = None
+    ) -> None:
+        xid = conn.next_xid()
+        pending = conn.expect(xid)
+        conn.send_raw([self._bundle_ctrl(bundle_id, kind, xid)])
+        conn.wait(xid, pending, timeout)
 
     def _bundle_ctrl(self, bundle_id: int, kind: int, xid: int) -> bytes:
         msg = parser.ONFBundleCtrlMsg(DATAPATH, bundle_id, kind, _BUNDLE_FLAGS, [])

@@ -22,9 +22,7 @@ def cli() -> None:
 def pipeline(install: bool, markdown: bool) -> None:
     """The pipeline, generated from its declaration (or installed into a private OVS)."""
     if markdown:
-        click.echo(
-            "## Tables\n\n" + pipeline_markdown() + "\n## Registers\n\n" + register_markdown()
-        )
+        click.echo(pipeline_document(), nl=False)
         return
     if install:
         _install_pipeline()

@@ -1,0 +1,5 @@
+"""`python -m plumbctl`."""
+
+from plumbctl.main import main
+
+main()
