@@ -134,6 +134,8 @@ def make_api_client(config: AgentConfig, pool_size: int = 16) -> k8s.ApiClient:
         raise ConfigError("kubeconfig", f"cannot load a Kubernetes client config: {err}") from err
     # Every stream holds a watch connection open; lists need one more each at times.
     configuration.connection_pool_maxsize = max(configuration.connection_pool_maxsize, pool_size)
+    # One retry policy, ours (backoff with jitter, rv carried): urllib3's own retries off.
+    configuration.retries = False
     api = k8s.ApiClient(configuration)
     api.user_agent = USER_AGENT
     return api
@@ -268,34 +270,36 @@ class KubeSource:
     # -- one stream --
 
     def _run(self, stream: Stream) -> None:
-        rv = ""
-        failures = 0  # consecutive failed requests: the backoff exponent
-        expired = 0  # consecutive 410s with no event in between
+        state = _StreamState()
         while not self._stopping.is_set():
             try:
-                if not rv:
-                    rv = self._list(stream)
-                    failures = 0
-                rv, progressed = self._watch(stream, rv)
-                if progressed:
-                    failures = expired = 0
+                if not state.rv:
+                    state.rv = self._list(stream)
+                    state.failures = 0
+                if self._watch(stream, state):
+                    state.failures = state.expired = 0
             except ResourceExpired as err:
                 metrics.WATCH_ERRORS.labels(stream.name, "gone").inc()
                 log.info("resourceVersion expired; listing again", extra=_fields(stream, err))
-                rv = ""
-                expired += 1
-                if expired > 1:  # a server that forgets at once: do not spin on list + watch
-                    delay = backoff_with_jitter(expired - 2, *self._backoff, self._rand)
+                state.rv = ""
+                state.expired += 1
+                if state.expired > 1:  # a server that forgets at once: do not spin on list+watch
+                    delay = backoff_with_jitter(state.expired - 2, *self._backoff, self._rand)
                     self._stopping.wait(delay)
             except Exception as err:
                 if self._stopping.is_set():
                     break
-                delay = backoff_with_jitter(failures, *self._backoff, self._rand)
-                failures += 1
+                delay = backoff_with_jitter(state.failures, *self._backoff, self._rand)
+                state.failures += 1
                 metrics.WATCH_ERRORS.labels(stream.name, _failure_reason(err)).inc()
                 log.warning(
                     "list/watch failed; backing off",
-                    extra={**_fields(stream, err), "attempt": failures, "delay": round(delay, 2)},
+                    extra={
+                        **_fields(stream, err),
+                        "attempt": state.failures,
+                        "delay": round(delay, 2),
+                        "rv": state.rv,
+                    },
                 )
                 self._stopping.wait(delay)
         log.debug("stream stopped", extra={"stream": stream.name})
@@ -388,15 +392,16 @@ class KubeSource:
             raise SourceError(f"{stream.name}: list answer is not an object")
         return body
 
-    def _watch(self, stream: Stream, rv: str) -> tuple[str, bool]:
-        """Watch from `rv` until the server ends the stream; returns the last resourceVersion
-        seen and whether any event arrived. Raises on errors, ResourceExpired on 410."""
+    def _watch(self, stream: Stream, state: _StreamState) -> bool:
+        """Watch from `state.rv` until the server ends the stream, moving `state.rv` forward
+        with every event (so that a watch cut halfway resumes where it was). Returns whether any
+        event arrived; raises on errors, ResourceExpired on 410."""
         seconds = int(self._rand.uniform(*self._watch_timeout))
         response = self._request(
             stream,
             (self._connect_timeout, seconds + 30.0),
             watch=True,
-            resource_version=rv,
+            resource_version=state.rv,
             allow_watch_bookmarks=True,
             timeout_seconds=seconds,
         )
@@ -409,11 +414,11 @@ class KubeSource:
                     event = json.loads(line)
                 except ValueError as err:
                     raise SourceError(f"{stream.name}: watch event is not JSON") from err
-                rv = self._apply(stream, event) or rv
+                state.rv = self._apply(stream, event) or state.rv
                 progressed = True
         finally:
             self._release(stream, response, close=True)
-        return rv, progressed
+        return progressed
 
     def _apply(self, stream: Stream, event: dict[str, Any]) -> str:
         """Apply one watch event to the store; returns its resourceVersion ("" if none)."""
@@ -444,6 +449,15 @@ class KubeSource:
             self.store.mark_synced(stream.kind)
             count = self.store.count(stream.kind)
             log.info("synced", extra={"kind": stream.kind, "objects": count})
+
+
+@dataclass
+class _StreamState:
+    """What one stream's loop carries between requests."""
+
+    rv: str = ""  # the resourceVersion to watch from; "" means list first
+    failures: int = 0  # consecutive failed requests: the backoff exponent
+    expired: int = 0  # consecutive 410s without an event in between
 
 
 def _fields(stream: Stream, err: BaseException) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The Kubernetes source against a fake API server speaking list/watch (lab.fakeapi)."""
