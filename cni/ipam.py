@@ -318,7 +318,9 @@ def _delegate_error(name: str, command: Command, answer: DelegateAnswer) -> CniE
     except (ValueError, KeyError, TypeError):
         text = (answer.stdout or answer.stderr).decode(errors="replace").strip()
         return CniError(ErrorCode.IPAM_FAILURE, f"{name} {command.value} failed", text)
-    return CniError(code, f"{name}: {msg}", details)
+    if code == ErrorCode.INTERNAL:  # the delegate's untyped error is, to us, an IPAM failure
+        code = ErrorCode.IPAM_FAILURE
+    return CniError(code, msg if msg.startswith(name) else f"{name}: {msg}", details)
 
 
 def _is_ip(name: str) -> bool:

@@ -4,6 +4,7 @@ the in-memory interface store, rebuilt from the OVS ports' external_ids when the
 
 OVSDB, flows and IPAM come in through small Protocols (`PortStore`, `PodFlows`, `Ipam`): the
 agent passes its `ovsdb.client.OvsdbClient`, its flow installer and a `cni.ipam.HostLocalIpam`.
+The ports' external_ids keys are the ones declared in `ovsdb.keys`.
 """
 
 from __future__ import annotations
@@ -31,25 +32,11 @@ from cni.protocol import (
     Result,
     merge_prev_result,
 )
+from ovsdb import keys
 
 log = logging.getLogger("plumb.cni.podnet")
 
 DEFAULT_MTU: Final = 1450  # 1500 minus Geneve's overhead; the agent passes the real figure
-
-
-class ExternalIds:
-    """The OVS port external_ids keys that make a port a pod attachment (the agent's durable
-    memory of its pods). Kept in step with `ovsdb.keys`."""
-
-    CONTAINER_ID: Final = "plumb.container-id"
-    IFNAME: Final = "plumb.ifname"
-    NETWORK: Final = "plumb.network"
-    POD_NAMESPACE: Final = "plumb.pod-namespace"
-    POD_NAME: Final = "plumb.pod-name"
-    NETNS: Final = "plumb.netns"
-    IP: Final = "plumb.ip"
-    MAC: Final = "plumb.mac"
-    GATEWAY: Final = "plumb.gateway"
 
 
 @dataclass(frozen=True)
@@ -88,17 +75,17 @@ class PodInterface:
 
     def external_ids(self) -> dict[str, str]:
         ids = {
-            ExternalIds.CONTAINER_ID: self.container_id,
-            ExternalIds.IFNAME: self.ifname,
-            ExternalIds.NETWORK: self.network,
-            ExternalIds.POD_NAMESPACE: self.pod_namespace,
-            ExternalIds.POD_NAME: self.pod_name,
-            ExternalIds.NETNS: self.netns,
-            ExternalIds.IP: ",".join(str(ip) for ip in self.ips),
-            ExternalIds.MAC: self.mac,
+            keys.CONTAINER_ID: self.container_id,
+            keys.IFNAME: self.ifname,
+            keys.NETWORK: self.network,
+            keys.POD_NAMESPACE: self.pod_namespace,
+            keys.POD_NAME: self.pod_name,
+            keys.NETNS: self.netns,
+            keys.IP: ",".join(str(ip) for ip in self.ips),
+            keys.MAC: self.mac,
         }
         if self.gateway is not None:
-            ids[ExternalIds.GATEWAY] = str(self.gateway)
+            ids[keys.GATEWAY] = str(self.gateway)
         return ids
 
 
@@ -106,13 +93,13 @@ def interface_from_port(
     name: str, ofport: int, external_ids: Mapping[str, str]
 ) -> PodInterface | None:
     """The attachment an OVS port records, or None for ports that are no pod's."""
-    cid = external_ids.get(ExternalIds.CONTAINER_ID)
-    ifname = external_ids.get(ExternalIds.IFNAME)
+    cid = external_ids.get(keys.CONTAINER_ID)
+    ifname = external_ids.get(keys.IFNAME)
     if not cid or not ifname:
         return None
     try:
-        ips = tuple(ip_interface(s) for s in external_ids.get(ExternalIds.IP, "").split(",") if s)
-        gateway_raw = external_ids.get(ExternalIds.GATEWAY)
+        ips = tuple(ip_interface(s) for s in external_ids.get(keys.IP, "").split(",") if s)
+        gateway_raw = external_ids.get(keys.GATEWAY)
         gateway = ip_address(gateway_raw) if gateway_raw else None
     except ValueError:
         log.warning("port %s has unreadable pod external_ids %s", name, dict(external_ids))
@@ -120,12 +107,12 @@ def interface_from_port(
     return PodInterface(
         container_id=cid,
         ifname=ifname,
-        network=external_ids.get(ExternalIds.NETWORK, ""),
-        pod_namespace=external_ids.get(ExternalIds.POD_NAMESPACE, ""),
-        pod_name=external_ids.get(ExternalIds.POD_NAME, ""),
-        netns=external_ids.get(ExternalIds.NETNS, ""),
+        network=external_ids.get(keys.NETWORK, ""),
+        pod_namespace=external_ids.get(keys.POD_NAMESPACE, ""),
+        pod_name=external_ids.get(keys.POD_NAME, ""),
+        netns=external_ids.get(keys.NETNS, ""),
         host_ifname=name,
-        mac=external_ids.get(ExternalIds.MAC, ""),
+        mac=external_ids.get(keys.MAC, ""),
         ips=ips,
         gateway=gateway,
         ofport=ofport,
@@ -279,7 +266,7 @@ class PodNetwork:
         host_mac = netns.random_mac()
         mac = req.requested_mac or netns.random_mac()
         addresses = tuple(ipc.address for ipc in ipam_result.ips)
-        netns.create_veth(
+        self._create_veth(
             netns.VethSpec(
                 host_ifname=host_name,
                 host_mac=host_mac,
@@ -306,7 +293,7 @@ class PodNetwork:
         )
         iface = self._attach_port(iface)
         self.store.put(iface)  # before the flows: a rollback must find them
-        self._flows.install_pod(iface)
+        self._install_flows(iface)
         ours = Result(
             interfaces=(
                 Interface(name=host_name, mac=host_mac),
@@ -319,6 +306,15 @@ class PodNetwork:
             dns=ipam_result.dns if not ipam_result.dns.is_empty() else req.dns,  # CFG-06
         )
         return merge_prev_result(req.prev_result, ours)
+
+    @staticmethod
+    def _create_veth(spec: netns.VethSpec) -> None:
+        try:
+            netns.create_veth(spec)
+        except AddRejected as exc:
+            # Refused by the kernel, but after IPAM reserved an address: the caller must roll
+            # back, so this is no longer an "AddRejected".
+            raise CniError(exc.code, exc.msg, exc.details) from exc
 
     def _refuse_bad_add(self, req: Request) -> None:
         if self.store.get(req.attachment) is not None:
@@ -352,6 +348,16 @@ class PodNetwork:
                 f"port {iface.host_ifname} has ofport {port.ofport}",
             )
         return PodInterface(**{**iface.__dict__, "ofport": port.ofport})
+
+    def _install_flows(self, iface: PodInterface) -> None:
+        try:
+            self._flows.install_pod(iface)
+        except CniError:
+            raise
+        except Exception as exc:
+            raise CniError(
+                ErrorCode.OVS_FAILURE, "failed to install the pod's flows", str(exc)
+            ) from exc
 
     # -- DEL -------------------------------------------------------------------------------
 

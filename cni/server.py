@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
+from cni.netns import enter_netns
 from cni.protocol import (
     AddRejected,
     CniError,
@@ -324,6 +325,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # A Unix socket refuses connections beyond its backlog instead of retrying like TCP: a
+    # node starting many pods at once must not see "agent not reachable".
+    request_queue_size = 256
 
     def __init__(self, path: str, dispatcher: CniDispatcher) -> None:
         self.dispatcher = dispatcher
@@ -331,11 +335,17 @@ class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
 
 
 class CniServer:
-    """The CNI socket: `start()` binds it (mode 0600) and serves from a background thread."""
+    """The CNI socket: `start()` binds it (mode 0600) and serves from a background thread.
 
-    def __init__(self, socket_path: str, dispatcher: CniDispatcher) -> None:
+    `netns`: serve from inside that network namespace (the node's, where OVS and the pods' host
+    veths live) while the caller stays where it is; the threads serving calls are born there."""
+
+    def __init__(
+        self, socket_path: str, dispatcher: CniDispatcher, *, netns: str | None = None
+    ) -> None:
         self.socket_path = socket_path
         self.dispatcher = dispatcher
+        self.netns = netns
         self._server: _UnixHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -346,11 +356,27 @@ class CniServer:
         server = _UnixHTTPServer(self.socket_path, self.dispatcher)
         os.chmod(self.socket_path, 0o600)
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, name="cni-server", kwargs={"poll_interval": 0.2}
-        )
-        self._thread.daemon = True
+        entered = threading.Event()
+        failure: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                if self.netns:
+                    enter_netns(self.netns)
+            except BaseException as exc:
+                failure.append(exc)
+                return
+            finally:
+                entered.set()
+            server.serve_forever(poll_interval=0.2)
+
+        self._thread = threading.Thread(target=serve, name="cni-server", daemon=True)
         self._thread.start()
+        entered.wait()
+        if failure:
+            server.server_close()
+            self._server = None
+            raise failure[0]
         log.info("CNI server listening on %s", self.socket_path)
 
     def stop(self) -> None:
