@@ -6,12 +6,15 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from controller import metrics
-from controller.sources.kube import LOCAL_PODS, backoff_with_jitter, iter_lines
-from controller.store import Change
+from controller.config import AgentConfig
+from controller.errors import ConfigError
+from controller.sources.kube import LOCAL_PODS, KubeSource, backoff_with_jitter, iter_lines
+from controller.store import Change, Store
 
 from .conftest import NODE, Harness, assert_converged, namespace, node, pod, policy, wait_for
 
@@ -238,3 +241,13 @@ def test_late_event_from_the_other_pod_stream_cannot_clobber_a_local_pod(
     h.source._apply(others, {"type": "DELETED", "object": stale})
     kept = h.store.get("Pod", "ns0", "x")
     assert kept is not None and kept["metadata"]["resourceVersion"] == "20"
+
+
+def test_unloadable_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("apiVersion: v1\nkind: Config\nclusters: []\n")
+    for path in (bad, tmp_path / "missing"):
+        config = AgentConfig(node_name=NODE, source="kubernetes", kubeconfig=str(path))
+        with pytest.raises(ConfigError) as info:
+            KubeSource(config, Store()).start()
+        assert info.value.field == "kubeconfig"
