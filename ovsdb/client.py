@@ -44,7 +44,10 @@ class OvsdbClient:
             helper.register_all()
             idl = connection.OvsdbIdl(remote, helper)
             self._connection = connection.Connection(idl, timeout=int(max(timeout, 1)))
-            self.api = impl_idl.OvsdbIdl(self._connection)
+            # ovsdbapp keeps "the" connection on the API class, so every client in a process
+            # would share the first remote; a class per client keeps clients independent.
+            api_class = type("OvsdbApi", (impl_idl.OvsdbIdl,), {"_ovsdb_connection": None})
+            self.api = api_class(self._connection)
         except Exception as exc:
             raise OvsdbError(f"cannot connect to OVSDB at {remote}: {exc}") from exc
 
