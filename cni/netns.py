@@ -49,8 +49,8 @@ class RouteSpec:
 
 
 @dataclass(frozen=True)
-class VethSpec:
-    """Everything `create_veth` needs; the caller has chosen the names, MAC and addresses."""
+class VethPair:
+    """The pair `create_pair` makes; the caller has chosen names and MACs."""
 
     host_ifname: str
     host_mac: str
@@ -58,9 +58,15 @@ class VethSpec:
     netns: str
     mac: str
     mtu: int
+    tx_checksum_off: bool = False
+
+
+@dataclass(frozen=True)
+class Addressing:
+    """What `configure_container` puts on the container end."""
+
     addresses: tuple[IPInterface, ...]
     routes: tuple[RouteSpec, ...]
-    tx_checksum_off: bool = False
 
 
 @dataclass(frozen=True)
@@ -173,29 +179,43 @@ def _iproute() -> Iterator[Any]:
 # Create
 
 
-def create_veth(spec: VethSpec) -> None:
-    """ADD-01/ADD-07: the veth pair, the container end configured and UP with its addresses and
-    routes, the host end UP. Raises AddRejected when CNI_IFNAME already exists in the container
-    (ADD-02) or the netns is unusable, CniError(102) on other netlink failures."""
-    fd = open_netns(spec.netns)
+def create_pair(pair: VethPair) -> None:
+    """The veth pair: the container end created inside the netns with its final name, MAC and
+    MTU (ADD-01), the host end UP. Raises AddRejected when CNI_IFNAME already exists in the
+    container (ADD-02) or the netns is unusable (ENV-05), CniError(102) on other failures."""
+    fd = open_netns(pair.netns)
     try:
-        _add_pair(spec, fd)
-        try:
-            in_netns(fd, lambda: _configure_container_end(spec))
-            _configure_host_end(spec)
-        except NetlinkError as exc:
-            raise CniError(
-                ErrorCode.INTERFACE_FAILURE, "failed to configure the pod interface", str(exc)
-            ) from exc
-        except OSError as exc:
-            raise CniError(
-                ErrorCode.INTERFACE_FAILURE, "failed to configure the pod interface", str(exc)
-            ) from exc
+        _add_pair(pair, fd)
+    finally:
+        os.close(fd)
+    try:
+        if pair.tx_checksum_off:
+            _tx_checksum_off(pair.host_ifname)
+        with _iproute() as ipr:
+            ipr.link("set", ifname=pair.host_ifname, state="up")
+    except (NetlinkError, OSError) as exc:
+        raise _interface_error("failed to bring up the host end", exc) from exc
+
+
+def configure_container(
+    netns: str, ifname: str, addressing: Addressing, tx_checksum_off: bool = False
+) -> None:
+    """ADD-07: the container end UP with its addresses and routes (and TX checksum offload off
+    on the userspace datapath), configured from a thread inside the netns."""
+    fd = open_netns(netns)
+    try:
+        in_netns(fd, lambda: _configure_container_end(ifname, addressing, tx_checksum_off))
+    except (NetlinkError, OSError) as exc:
+        raise _interface_error("failed to configure the pod interface", exc) from exc
     finally:
         os.close(fd)
 
 
-def _add_pair(spec: VethSpec, fd: int) -> None:
+def _interface_error(msg: str, exc: Exception) -> CniError:
+    return CniError(ErrorCode.INTERFACE_FAILURE, msg, str(exc))
+
+
+def _add_pair(spec: VethPair, fd: int) -> None:
     peer = {"ifname": spec.ifname, "net_ns_fd": fd, "address": spec.mac, "mtu": spec.mtu}
     with _iproute() as ipr:
         for attempt in (1, 2):
@@ -215,9 +235,7 @@ def _add_pair(spec: VethSpec, fd: int) -> None:
                         ErrorCode.INVALID_NETNS, "not a network namespace", spec.netns
                     ) from exc
                 if exc.code != errno.EEXIST:
-                    raise CniError(
-                        ErrorCode.INTERFACE_FAILURE, "failed to create veth pair", str(exc)
-                    ) from exc
+                    raise _interface_error("failed to create the veth pair", exc) from exc
                 if attempt == 2 or not _link_exists(ipr, spec.host_ifname):
                     raise AddRejected(
                         ErrorCode.INTERFACE_FAILURE,
@@ -229,17 +247,17 @@ def _add_pair(spec: VethSpec, fd: int) -> None:
                 _delete_link(ipr, spec.host_ifname)
 
 
-def _configure_container_end(spec: VethSpec) -> None:
+def _configure_container_end(ifname: str, addressing: Addressing, tx_checksum_off: bool) -> None:
     with _iproute() as ipr:
-        index = ipr.link_lookup(ifname=spec.ifname)[0]
-        if spec.tx_checksum_off:
-            _tx_checksum_off(spec.ifname)
-        for address in spec.addresses:
+        index = ipr.link_lookup(ifname=ifname)[0]
+        if tx_checksum_off:
+            _tx_checksum_off(ifname)
+        for address in addressing.addresses:
             ipr.addr(
                 "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
             )
         ipr.link("set", index=index, state="up")
-        for route in spec.routes:
+        for route in addressing.routes:
             _add_route(ipr, index, route)
 
 
@@ -255,13 +273,6 @@ def _add_route(ipr: Any, index: int, route: RouteSpec) -> None:
         # The kernel adds the on-link route of each address itself.
         if exc.code != errno.EEXIST:
             raise
-
-
-def _configure_host_end(spec: VethSpec) -> None:
-    if spec.tx_checksum_off:
-        _tx_checksum_off(spec.host_ifname)
-    with _iproute() as ipr:
-        ipr.link("set", ifname=spec.host_ifname, state="up")
 
 
 def _tx_checksum_off(ifname: str) -> None:

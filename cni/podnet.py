@@ -15,8 +15,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, ip_address, ip_interface
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from cni import netns
 from cni.protocol import (
@@ -258,26 +259,26 @@ class PodNetwork:
 
     def add(self, req: Request) -> Result:
         """ADD; on failure the caller rolls back through `delete` (ADD-05), except for
-        `AddRejected`, raised before anything changed."""
+        `AddRejected`, raised before anything changed.
+
+        Independent steps overlap (host-local runs while the veth pair is made; the OVS port
+        is added while the container end is configured): every step waits for its partner
+        before an error is raised, so a rollback always finds all that was done."""
         self._refuse_bad_add(req)
-        ipam_result = self._ipam.add(req)
         mtu = req.mtu or self.config.mtu
-        host_name = netns.host_ifname(req.pod_name, req.container_id, req.ifname)
-        host_mac = netns.random_mac()
-        mac = req.requested_mac or netns.random_mac()
+        pair = netns.VethPair(
+            host_ifname=netns.host_ifname(req.pod_name, req.container_id, req.ifname),
+            host_mac=netns.random_mac(),
+            ifname=req.ifname,
+            netns=req.netns,
+            mac=req.requested_mac or netns.random_mac(),
+            mtu=mtu,
+            tx_checksum_off=self.config.tx_checksum_off,
+        )
+        ipam_result = _both(lambda: self._ipam.add(req), lambda: _create_pair(pair))[0]
         addresses = tuple(ipc.address for ipc in ipam_result.ips)
-        self._create_veth(
-            netns.VethSpec(
-                host_ifname=host_name,
-                host_mac=host_mac,
-                ifname=req.ifname,
-                netns=req.netns,
-                mac=mac,
-                mtu=mtu,
-                addresses=addresses,
-                routes=tuple(netns.RouteSpec(r.dst, r.gw) for r in ipam_result.routes),
-                tx_checksum_off=self.config.tx_checksum_off,
-            )
+        addressing = netns.Addressing(
+            addresses, tuple(netns.RouteSpec(r.dst, r.gw) for r in ipam_result.routes)
         )
         iface = PodInterface(
             container_id=req.container_id,
@@ -286,18 +287,23 @@ class PodNetwork:
             pod_namespace=req.pod_namespace,
             pod_name=req.pod_name,
             netns=req.netns,
-            host_ifname=host_name,
-            mac=mac,
+            host_ifname=pair.host_ifname,
+            mac=pair.mac,
             ips=addresses,
             gateway=next((i.gateway for i in ipam_result.ips if i.gateway), None),
         )
-        iface = self._attach_port(iface)
+        iface = _both(
+            lambda: self._attach_port(iface),
+            lambda: netns.configure_container(
+                req.netns, req.ifname, addressing, pair.tx_checksum_off
+            ),
+        )[0]
         self.store.put(iface)  # before the flows: a rollback must find them
         self._install_flows(iface)
         ours = Result(
             interfaces=(
-                Interface(name=host_name, mac=host_mac),
-                Interface(name=req.ifname, mac=mac, sandbox=req.netns, mtu=mtu),
+                Interface(name=pair.host_ifname, mac=pair.host_mac),
+                Interface(name=req.ifname, mac=pair.mac, sandbox=req.netns, mtu=mtu),
             ),
             ips=tuple(
                 IPConfig(address=i.address, gateway=i.gateway, interface=1) for i in ipam_result.ips
@@ -306,15 +312,6 @@ class PodNetwork:
             dns=ipam_result.dns if not ipam_result.dns.is_empty() else req.dns,  # CFG-06
         )
         return merge_prev_result(req.prev_result, ours)
-
-    @staticmethod
-    def _create_veth(spec: netns.VethSpec) -> None:
-        try:
-            netns.create_veth(spec)
-        except AddRejected as exc:
-            # Refused by the kernel, but after IPAM reserved an address: the caller must roll
-            # back, so this is no longer an "AddRejected".
-            raise CniError(exc.code, exc.msg, exc.details) from exc
 
     def _refuse_bad_add(self, req: Request) -> None:
         if self.store.get(req.attachment) is not None:
@@ -364,29 +361,41 @@ class PodNetwork:
     def delete(self, req: Request) -> None:
         """DEL: idempotent and best-effort (DEL-01..08). Host-side state comes from our own
         store (or the deterministic names), never from inside the netns (DEL-05); IPAM is
-        always told (DEL-04). Every step runs; failures are reported together at the end."""
+        always told (DEL-04), in parallel with the host side. Every step runs; failures are
+        reported together at the end."""
         errors: list[str] = []
         iface = self.store.get(req.attachment)
-        if iface is not None:
-            self._teardown(iface, errors)
-        else:
-            for name in self._host_names(req):
-                _collect(errors, f"delete port {name}", self._delete_port, name)
-                _collect(errors, f"delete veth {name}", netns.delete_host_link, name)
-        _collect(errors, "IPAM DEL", self._ipam.delete, req)
+
+        def host_side() -> None:
+            if iface is not None:
+                self._teardown(iface, errors)
+            else:
+                self._remove_host_ends(self._host_names(req), errors)
+
+        _both(host_side, lambda: _collect(errors, "IPAM DEL", self._ipam.delete, req))
         if errors:
             raise CniError(ErrorCode.INTERFACE_FAILURE, "DEL incomplete", "; ".join(errors))
 
     def _teardown(self, iface: PodInterface, errors: list[str]) -> None:
         # Flows before the port: a port number must not be reused while flows still name it.
         mine: list[str] = []
-        name = iface.host_ifname
         _collect(mine, "remove flows", self._flows.remove_pod, iface)
-        _collect(mine, f"delete port {name}", self._delete_port, name)
-        _collect(mine, f"delete veth {name}", netns.delete_host_link, name)
+        if not mine:
+            self._remove_host_ends([iface.host_ifname], mine)
         if not mine:
             self.store.pop(iface.attachment)
         errors.extend(mine)
+
+    def _remove_host_ends(self, names: Sequence[str], errors: list[str]) -> None:
+        """The OVS ports and the veths (the kernel takes each peer along), all at once: the
+        kernel needs ~15 ms to delete a veth."""
+        steps: list[Callable[[], None]] = []
+        for name in names:
+            steps.append(partial(_collect, errors, f"delete port {name}", self._delete_port, name))
+            steps.append(
+                partial(_collect, errors, f"delete veth {name}", netns.delete_host_link, name)
+            )
+        _all(steps)
 
     def _delete_port(self, name: str) -> None:
         self._ports.delete_port(self.config.bridge, name)
@@ -468,6 +477,55 @@ class PodNetwork:
     def status(self, req: Request) -> None:
         """STATUS (STS-02, STS-03): the agent answers, so only IPAM can say no."""
         self._ipam.status(req)
+
+
+def _create_pair(pair: netns.VethPair) -> None:
+    try:
+        netns.create_pair(pair)
+    except AddRejected as exc:
+        # Refused by the kernel, but IPAM is reserving an address meanwhile: the caller must
+        # roll back, so this is no longer an "AddRejected".
+        raise CniError(exc.code, exc.msg, exc.details) from exc
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def _both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """Run `second` in a helper thread while `first` runs here; wait for both, then raise the
+    first failure. The helper thread is born in the caller's network namespace."""
+    box: dict[str, Any] = {}
+
+    def run_second() -> None:
+        try:
+            box["value"] = second()
+        except BaseException as exc:
+            box["error"] = exc
+
+    helper = threading.Thread(target=run_second, name="podnet-step")
+    helper.start()
+    try:
+        value = first()
+    finally:
+        helper.join()
+    if "error" in box:
+        raise box["error"]
+    other: B = box["value"]
+    return value, other
+
+
+def _all(steps: Sequence[Callable[[], None]]) -> None:
+    """Run steps that cannot fail (they collect their errors) side by side."""
+    threads = [threading.Thread(target=step, name="podnet-step") for step in steps[1:]]
+    for thread in threads:
+        thread.start()
+    try:
+        if steps:
+            steps[0]()
+    finally:
+        for thread in threads:
+            thread.join()
 
 
 def _collect(errors: list[str], what: str, step: Callable[..., object], *args: object) -> None:

@@ -693,7 +693,7 @@ def test_ERR_05_internal_errors_become_json_not_tracebacks(
     def broken(spec: Any) -> None:
         raise ZeroDivisionError("boom")  # not a CniError: a bug
 
-    monkeypatch.setattr(netns, "create_veth", broken)
+    monkeypatch.setattr(netns, "create_pair", broken)
     answer = node.call(node.env("ADD", node.next_id("c"), node.make_netns()), node.conf())
     err = error_of(answer, 999)
     assert "boom" in err["details"]
