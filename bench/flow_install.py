@@ -39,22 +39,36 @@ def pod_like_flows(index: int, cookie: int) -> list[Flow]:
             190, match(in_port=ofport), [Load.mark(FROM_POD), GotoTable("SpoofGuard")], cookie
         ),
         table("ARPSpoofGuard").flow(
-            200, match(eth_type=0x0806, in_port=ofport, arp_spa=ip, arp_sha=mac),
-            [GotoTable("ARPResponder")], cookie,
+            200,
+            match(eth_type=0x0806, in_port=ofport, arp_spa=ip, arp_sha=mac),
+            [GotoTable("ARPResponder")],
+            cookie,
         ),
         table("SpoofGuard").flow(
-            200, match(in_port=ofport, eth_src=mac, eth_type=0x0800, ipv4_src=ip),
-            [GotoTable("UnSNAT")], cookie,
+            200,
+            match(in_port=ofport, eth_src=mac, eth_type=0x0800, ipv4_src=ip),
+            [GotoTable("UnSNAT")],
+            cookie,
         ),
         table("L3Forwarding").flow(
-            200, match(eth_type=0x0800, ipv4_dst=ip),
-            [SetField.of("eth_src", GATEWAY_MAC), SetField.of("eth_dst", mac),
-             GotoTable("L3DecTTL")], cookie,
+            200,
+            match(eth_type=0x0800, ipv4_dst=ip),
+            [
+                SetField.of("eth_src", GATEWAY_MAC),
+                SetField.of("eth_dst", mac),
+                GotoTable("L3DecTTL"),
+            ],
+            cookie,
         ),
         table("L2ForwardingCalc").flow(
-            200, match(eth_dst=mac),
-            [Load(TARGET_OFPORT, ofport), Load.mark(OUTPUT_TO_PORT),
-             GotoTable("IngressSecurityClassifier")], cookie,
+            200,
+            match(eth_dst=mac),
+            [
+                Load(TARGET_OFPORT, ofport),
+                Load.mark(OUTPUT_TO_PORT),
+                GotoTable("IngressSecurityClassifier"),
+            ],
+            cookie,
         ),
     ]
 
@@ -68,9 +82,12 @@ def policy_like_flows(index: int, cookie: int) -> list[Flow]:
             200, match(eth_type=0x0800, ipv4_src=peer), [Conjunction(conj_id, 1, 2)], cookie
         ),
         table("IngressRule").flow(
-            200, match(TO_LOCAL, eth_type=0x0800, ip_proto=6, reg1=index + 1,
-                       tcp_dst=1024 + index % 60000),
-            [Conjunction(conj_id, 2, 2)], cookie,
+            200,
+            match(
+                TO_LOCAL, eth_type=0x0800, ip_proto=6, reg1=index + 1, tcp_dst=1024 + index % 60000
+            ),
+            [Conjunction(conj_id, 2, 2)],
+            cookie,
         ),
     ]
 
@@ -91,8 +108,15 @@ def bench_flows(n: int, cookie: int = 0x0001_0200_0000_0001) -> list[Flow]:
 def _fresh_bridge(ovs: OvsSandbox, name: str) -> Path:
     ovs.vsctl("--if-exists", "del-br", name)
     ovs.vsctl(
-        "add-br", name, "--", "set", "bridge", name, "datapath_type=netdev",
-        "fail_mode=secure", "protocols=OpenFlow10,OpenFlow13,OpenFlow15",
+        "add-br",
+        name,
+        "--",
+        "set",
+        "bridge",
+        name,
+        "datapath_type=netdev",
+        "fail_mode=secure",
+        "protocols=OpenFlow10,OpenFlow13,OpenFlow15",
     )
     for _ in range(100):
         if ovs.mgmt_socket(name).exists():
@@ -194,7 +218,9 @@ def main(argv: list[str]) -> int:
 def _print_table(f: dict[str, object]) -> None:
     print(f"flow-install: {f['flows']} flows, {f['runs']} runs each, medians")
     print(f"  {'plumb switch (bundle)':<28} {f['ours_median_s']:>8} s   runs {f['ours_runs_s']}")
-    print(f"  {'ovs-ofctl --bundle add-flows':<28} {f['ovs_ofctl_median_s']:>8} s   "
-          f"runs {f['ovs_ofctl_runs_s']}")
+    print(
+        f"  {'ovs-ofctl --bundle add-flows':<28} {f['ovs_ofctl_median_s']:>8} s   "
+        f"runs {f['ovs_ofctl_runs_s']}"
+    )
     print(f"  ratio ours/ovs-ofctl          {f['ratio']:>8}   (target <= 1.5)")
     print(f"  peak RSS of this process      {f['peak_rss_mb']:>8} MB")

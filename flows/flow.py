@@ -7,8 +7,7 @@ cheaply; strings are parsed once, when a flow is built. A `Flow` is built throug
 
 from __future__ import annotations
 
-import socket
-import struct
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -103,12 +102,11 @@ def _split_flags(text: str) -> list[tuple[str, str]]:
 
 
 def ipv4_to_int(text: str) -> int:
-    value: int = struct.unpack("!I", socket.inet_aton(text))[0]
-    return value
+    return int(ipaddress.IPv4Address(text))
 
 
 def int_to_ipv4(value: int) -> str:
-    return socket.inet_ntoa(struct.pack("!I", value))
+    return str(ipaddress.IPv4Address(value))
 
 
 def mac_to_int(text: str) -> int:
