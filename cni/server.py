@@ -6,9 +6,10 @@ turned into a CNI error JSON.
 The server knows nothing of OVS, netlink or IPAM: the agent injects a `CniBackend` (the pod
 network, see `cni.podnet`) and a `ReadyGate` (a `threading.Event` will do).
 
-Wire format (shared with `cni/plumb`): the request body is form-encoded, one field per CNI_*
-variable plus `stdin`; the answer body is "<stdout line>\\n<stderr text>", HTTP 200 for exit 0
-and 500 for exit 1.
+Wire format (shared with `cni/plumb`): the request body is either `application/x-plumb-cni`
+(NUL-terminated `NAME=value` CNI_* entries, one more NUL, then stdin verbatim; written by hand
+and sent through socat) or a form (one field per CNI_* variable plus `stdin`; sent by curl);
+the answer body is "<stdout line>\\n<stderr text>", HTTP 200 for exit 0 and 500 for exit 1.
 """
 
 from __future__ import annotations
@@ -273,6 +274,23 @@ def _dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
 
+RAW_CONTENT_TYPE: Final = "application/x-plumb-cni"
+
+
+def decode_raw(body: bytes) -> tuple[dict[str, str], bytes]:
+    """The socat client's body -> (CNI_* environment, stdin): `NAME=value` entries each ended
+    by NUL (environment values cannot hold NUL), one more NUL, then stdin verbatim."""
+    env_part, sep, stdin = body.partition(b"\0\0")
+    if not sep:
+        raise ValueError("no end of the environment section")
+    env: dict[str, str] = {}
+    for entry in env_part.split(b"\0"):
+        key, _, value = entry.decode("utf-8", "surrogateescape").partition("=")
+        if key.startswith("CNI_"):
+            env[key] = value
+    return env, stdin
+
+
 def decode_form(body: bytes) -> tuple[dict[str, str], bytes]:
     """The executable's form body -> (CNI_* environment, stdin bytes), losslessly."""
     fields = parse_qsl(
@@ -297,18 +315,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         try:
-            length = int(self.headers.get("Content-Length", ""))
+            raw = self.headers.get_content_type() == RAW_CONTENT_TYPE
+            body = self._read_body()
+            env, stdin = decode_raw(body) if raw else decode_form(body)
+        except (ValueError, OSError) as exc:
+            err = CniError(ErrorCode.IO_FAILURE, "error reading the CNI request", str(exc))
+            self._answer(Reply(1, _dumps(err.to_dict())))
+            return
+        self._answer(self.server.dispatcher.handle(env, stdin))
+
+    def _read_body(self) -> bytes:
+        length_header = self.headers.get("Content-Length")
+        if length_header is None:
+            # HTTP/1.0 without a length: the body ends where the client half-closes.
+            body = self.rfile.read(MAX_BODY + 1)
+        else:
+            length = int(length_header)
             if not 0 <= length <= MAX_BODY:
                 raise ValueError(f"body of {length} bytes")
             body = self.rfile.read(length)
             if len(body) != length:
                 raise OSError("short read")
-        except (ValueError, OSError) as exc:
-            err = CniError(ErrorCode.IO_FAILURE, "error reading the CNI request", str(exc))
-            self._answer(Reply(1, _dumps(err.to_dict())))
-            return
-        env, stdin = decode_form(body)
-        self._answer(self.server.dispatcher.handle(env, stdin))
+        if len(body) > MAX_BODY:
+            raise ValueError(f"body over {MAX_BODY} bytes")
+        return body
 
     def _answer(self, reply: Reply) -> None:
         payload = f"{reply.stdout}\n{reply.stderr}".encode("utf-8", "replace")

@@ -161,6 +161,7 @@ class Node:
     dispatcher: CniDispatcher
     server: CniServer
     netns_names: list[str] = field(default_factory=list)
+    client: str = "socat"  # how cni/plumb reaches the agent: socat (its default) or curl
     _counter: int = 0
 
     # -- names -------------------------------------------------------------------------------
@@ -199,6 +200,7 @@ class Node:
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "PLUMB_CNI_SOCKET": self.server.socket_path,
+            "PLUMB_CNI_CLIENT": self.client,
             "CNI_COMMAND": command,
             "CNI_PATH": f"{self.workdir / 'bin'}:{REFERENCE_DIR}",
         }

@@ -4,11 +4,9 @@ Each test names the checklist requirement it covers."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -699,30 +697,6 @@ def test_ERR_05_internal_errors_become_json_not_tracebacks(
     assert "boom" in err["details"]
     assert b"Traceback" not in answer.stdout + answer.stderr
     assert node.leftovers() == Node.NOTHING_LEFT
-
-
-def test_ERR_05_agent_answer_that_is_not_cni_becomes_json(node: Node) -> None:
-    sock_path = str(node.workdir / "bogus.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(sock_path)
-    listener.listen(1)
-
-    def answer_once() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.settimeout(2)
-            with contextlib.suppress(OSError):
-                conn.recv(65536)
-            conn.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
-
-    thread = threading.Thread(target=answer_once, daemon=True)
-    thread.start()
-    try:
-        env = node.env("ADD", node.next_id("c"), node.make_netns(), PLUMB_CNI_SOCKET=sock_path)
-        error_of(node.call(env, node.conf()), 999)
-    finally:
-        thread.join(5)
-        listener.close()
 
 
 # --- CONC -----------------------------------------------------------------------------------

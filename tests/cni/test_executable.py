@@ -1,0 +1,156 @@
+"""The `cni/plumb` executable itself, over both of its clients (socat and curl): verbatim
+transport of environment and stdin, quiet success, errors as JSON, an absent or confused agent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from cni.server import Reply
+from lab.cniruntime import PluginAnswer
+from tests.cni.conftest import Node
+
+pytestmark = pytest.mark.ovs
+
+CLIENTS = ["socat", "curl"]
+
+
+@pytest.fixture(params=CLIENTS)
+def client_node(node: Node, request: pytest.FixtureRequest) -> Node:
+    node.client = request.param
+    return node
+
+
+def error_code(answer: PluginAnswer) -> int:
+    assert answer.exit_code == 1, answer
+    code: int = json.loads(answer.stdout)["code"]
+    return code
+
+
+def test_add_del_round_trip(client_node: Node) -> None:
+    node = client_node
+    netns = node.make_netns()
+    cid = node.next_id("c")
+    result = node.add(cid, netns)
+    assert result["interfaces"][1]["sandbox"] == netns
+    answer = node.delete(cid, netns)
+    assert answer.exit_code == 0 and answer.stdout == b"" and answer.stderr == b""
+    assert node.leftovers() == Node.NOTHING_LEFT
+
+
+def test_stdin_and_environment_arrive_verbatim(client_node: Node) -> None:
+    """Odd bytes in CNI_ARGS and a large stdin (a prevResult of ~200 KiB) travel unchanged."""
+    node = client_node
+    seen: list[tuple[dict[str, str], bytes]] = []
+    original = node.dispatcher.handle
+
+    def spy(env: Mapping[str, str], stdin: bytes) -> Reply:
+        seen.append((dict(env), stdin))
+        return original(env, stdin)
+
+    node.dispatcher.handle = spy  # type: ignore[method-assign]
+    padding = [{"name": f"if{i}", "mac": "02:00:00:00:00:01"} for i in range(4000)]
+    conf = node.conf(prevResult={"cniVersion": "1.0.0", "interfaces": padding}, note="a&b=c%d+é")
+    stdin = json.dumps(conf, ensure_ascii=False).encode() + b"\n\n"
+    env = node.env("DEL", node.next_id("c"), "")
+    env["CNI_ARGS"] = "IgnoreUnknown=1;K8S_POD_NAME=x y&z%2+;K8S_POD_NAMESPACE=é"
+    started = time.monotonic()
+    answer = node.call(env, stdin)
+    assert answer.exit_code == 0, answer
+    assert time.monotonic() - started < 1.0  # no "Expect: 100-continue" stall
+    got_env, got_stdin = seen[-1]
+    assert got_stdin == stdin
+    assert got_env["CNI_ARGS"] == env["CNI_ARGS"]
+    assert {k for k in got_env} == {k for k in env if k.startswith("CNI_")}
+
+
+def test_unset_and_empty_variables_stay_apart(client_node: Node) -> None:
+    node = client_node
+    seen: list[dict[str, str]] = []
+    original = node.dispatcher.handle
+
+    def spy(env: Mapping[str, str], stdin: bytes) -> Reply:
+        seen.append(dict(env))
+        return original(env, stdin)
+
+    node.dispatcher.handle = spy  # type: ignore[method-assign]
+    env = node.env("DEL", node.next_id("c"), "")
+    assert env["CNI_NETNS"] == ""
+    node.call(env, node.conf())
+    assert seen[-1]["CNI_NETNS"] == "" and "CNI_NETNS_OVERRIDE" not in seen[-1]
+
+
+def test_errors_are_json_on_stdout_with_exit_1(client_node: Node) -> None:
+    node = client_node
+    answer = node.call(node.env("ADD", node.next_id("c"), node.make_netns()), b"{broken")
+    assert error_code(answer) == 6
+
+
+def test_agent_down_is_11_and_status_50(client_node: Node) -> None:
+    node = client_node
+    missing = str(node.workdir / "nobody.sock")
+    env = node.env("ADD", node.next_id("c"), node.make_netns(), PLUMB_CNI_SOCKET=missing)
+    assert error_code(node.call(env, node.conf())) == 11
+    env = node.env("STATUS", PLUMB_CNI_SOCKET=missing)
+    assert error_code(node.call(env, node.conf("1.1.0"))) == 50
+
+
+def test_agent_that_hangs_is_11_after_the_timeout(client_node: Node) -> None:
+    node = client_node
+    path = str(node.workdir / "hang.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    try:
+        env = node.env("DEL", node.next_id("c"), "", PLUMB_CNI_SOCKET=path, PLUMB_CNI_TIMEOUT="1")
+        started = time.monotonic()
+        assert error_code(node.call(env, node.conf())) == 11
+        assert time.monotonic() - started < 5
+    finally:
+        listener.close()
+
+
+def test_answer_that_is_not_cni_becomes_999(client_node: Node) -> None:
+    node = client_node
+    path = str(node.workdir / "bogus.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(2)
+            with contextlib.suppress(OSError):
+                conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 5\r\n\r\nnope\n")
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    try:
+        env = node.env("ADD", node.next_id("c"), node.make_netns(), PLUMB_CNI_SOCKET=path)
+        assert error_code(node.call(env, node.conf())) == 999
+    finally:
+        thread.join(5)
+        listener.close()
+
+
+def test_version_needs_no_agent_and_no_stdin(client_node: Node) -> None:
+    node = client_node
+    env = node.env("VERSION", PLUMB_CNI_SOCKET="/nonexistent")
+    answer = node.call(env, b"")
+    assert answer.exit_code == 0
+    assert json.loads(answer.stdout)["supportedVersions"][-1] == "1.1.0"
+
+
+def test_the_script_is_posix_sh() -> None:
+    script = Path(__file__).resolve().parents[2] / "cni" / "plumb"
+    assert script.read_text().startswith("#!/bin/sh\n")
+    assert script.stat().st_mode & 0o111
