@@ -8,4 +8,4 @@ import warnings
 
 # python-ovs probes for eventlet on import and warns that eventlet is deprecated; Plumb uses
 # native threads, so the warning is noise on every command.
-warnings.filterwarnings("ignore", message="\nEventlet is deprecated", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
