@@ -1,0 +1,163 @@
+"""plumb-agent: the composition root. Reads the config, wires the rooms together, runs until
+SIGTERM, and stops without touching a flow.
+
+Start order (DESIGN section 8): health server; OVSDB (bridge, table names, gateway, tunnel);
+the restart round (bridge external_ids); the OpenFlow switch with the skeleton of the new round;
+the source (Kubernetes list + watch) until synced; the local node's gateway flows from its
+PodCIDR; then the previous round's flows are deleted and the new round persisted. Readiness
+gates on /readyz say how far it got.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from pathlib import Path
+
+import click
+
+from controller.bridge import BridgeSettings, ensure_bridge_with
+from controller.config import AgentConfig, load_config
+from controller.errors import ConfigError, PlumbError
+from controller.health import HealthServer, ReadinessGates
+from controller.logs import install_signal_handlers, setup_logging
+from controller.sources.kube import KubeSource
+from controller.store import Store
+from controller.switch import Switch
+from flows.cookie import Category, Cookie, next_round, round_filter
+from flows.pod import LocalNode, gateway_flows
+from flows.skeleton import skeleton_flows
+from ovsdb import keys
+from ovsdb.client import OvsdbClient
+
+log = logging.getLogger(__name__)
+
+GATES = ("ovsdb", "openflow", "source", "node")
+
+
+class AgentError(PlumbError):
+    """The agent cannot reach a working state (the message says which step)."""
+
+
+class Agent:
+    """One node's agent: owns the bridge, the switch connection and the source."""
+
+    def __init__(self, config: AgentConfig, sync_timeout: float = 60.0) -> None:
+        self.config = config
+        self.sync_timeout = sync_timeout
+        self.gates = ReadinessGates(GATES)
+        self.health = HealthServer(config.health_bind_address, self.gates)
+        self.store = Store()
+        self.round = 0
+        self.ovsdb: OvsdbClient | None = None
+        self.switch: Switch | None = None
+        self.source: KubeSource | None = None
+
+    def start(self) -> None:
+        self.health.start()
+        self.ovsdb = OvsdbClient(self.config.ovsdb_remote)
+        bridge = ensure_bridge_with(self.ovsdb, self._bridge_settings(), with_gateway=True)
+        self.gates.set("ovsdb")
+        previous = self._previous_round()
+        self.round = next_round(previous)
+        self._start_switch()
+        self._start_source()
+        gateway_mac = bridge.gateway.mac_in_use if bridge.gateway else ""
+        self._install_node(gateway_mac)
+        self._finish_round(previous)
+        log.info("agent ready node=%s round=%d", self.config.node_name, self.round)
+
+    def stop(self) -> None:
+        """Stop watching and disconnect; every installed flow stays in OVS."""
+        if self.source is not None:
+            self.source.stop()
+        if self.switch is not None:
+            self.switch.stop()
+        if self.ovsdb is not None:
+            self.ovsdb.close()
+        self.health.stop()
+
+    def _bridge_settings(self) -> BridgeSettings:
+        return BridgeSettings(
+            name=self.config.bridge,
+            datapath_type=self.config.datapath_type,
+            tunnel_type=self.config.tunnel_type,
+        )
+
+    def _previous_round(self) -> int | None:
+        assert self.ovsdb is not None
+        value = self.ovsdb.get_bridge_external_id(self.config.bridge, keys.BRIDGE_ROUND)
+        return int(value) if value and value.isdigit() else None
+
+    def _start_switch(self) -> None:
+        mgmt = Path(self.config.ovs_rundir) / f"{self.config.bridge}.mgmt"
+        self.switch = Switch(mgmt)
+        self.switch.start()
+        self.switch.wait_connected(30)
+        # Leftovers of a start that crashed with this same round number.
+        self.switch.delete_by_cookie(*round_filter(self.round))
+        self.switch.replace_flows("pipeline", skeleton_flows(self.round))
+        self.gates.set("openflow")
+
+    def _start_source(self) -> None:
+        if self.config.source != "kubernetes":
+            raise ConfigError("source", "only 'kubernetes' is available until the lab lands")
+        self.source = KubeSource(self.config, self.store)
+        self.source.start()
+        if not self.source.wait_synced(self.sync_timeout):
+            raise AgentError(f"source not synced within {self.sync_timeout:.0f}s")
+        self.gates.set("source")
+
+    def _install_node(self, gateway_mac: str) -> None:
+        assert self.switch is not None
+        node = local_node(self.store, self.config.node_name, gateway_mac)
+        cookie = Cookie(self.round, Category.NODE, 0).value
+        self.switch.replace_flows(f"node/{self.config.node_name}", gateway_flows(node, cookie))
+        self.gates.set("node")
+
+    def _finish_round(self, previous: int | None) -> None:
+        assert self.switch is not None and self.ovsdb is not None
+        if previous is not None and previous != self.round:
+            self.switch.delete_by_cookie(*round_filter(previous))
+        self.ovsdb.set_bridge_external_id(self.config.bridge, keys.BRIDGE_ROUND, str(self.round))
+
+
+def local_node(store: Store, node_name: str, gateway_mac: str) -> LocalNode:
+    """The local node's PodCIDR (first IPv4 of spec.podCIDRs) and its gateway address."""
+    node = store.get("Node", "", node_name)
+    if node is None:
+        raise AgentError(f"node {node_name!r} not found in the source")
+    spec = node.get("spec") or {}
+    cidrs = list(spec.get("podCIDRs") or []) or [spec.get("podCIDR") or ""]
+    ipv4 = [c for c in cidrs if c and ipaddress.ip_network(c, strict=False).version == 4]
+    if not ipv4:
+        raise AgentError(f"node {node_name!r} has no IPv4 PodCIDR yet")
+    network = ipaddress.ip_network(ipv4[0], strict=False)
+    return LocalNode(str(network), str(network.network_address + 1), gateway_mac)
+
+
+def run(config: AgentConfig, stop: threading.Event) -> None:
+    agent = Agent(config)
+    try:
+        agent.start()
+        stop.wait()
+    finally:
+        agent.stop()
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(), default=None, help="YAML config.")
+def main(config_path: str | None) -> None:
+    """Run the Plumb node agent."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    setup_logging(config.log_level, config.log_format)
+    install_signal_handlers()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run(config, stop)
