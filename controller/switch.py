@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from controller import metrics
 from controller.openflow import (
     Connection,
     ErrorReply,
@@ -163,7 +166,9 @@ class Switch:
 
     def _replay(self, conn: Connection) -> None:
         flows = [flow for owned in self._store.values() for flow in owned.values()]
+        started = time.perf_counter()
         self._send_bundle(conn, [(ADD, flow) for flow in flows])
+        metrics.FLOW_OPERATION_SECONDS.labels("replay").observe(time.perf_counter() - started)
         self.counters.replays += 1
         log.info("openflow replayed flows=%d owners=%d", len(flows), len(self._store))
 
@@ -176,10 +181,7 @@ class Switch:
             diff = diff_flows(self._store.get(owner, {}), desired)
             if diff:
                 self._send_diff(diff)
-            if desired:
-                self._store[owner] = desired
-            else:
-                self._store.pop(owner, None)
+            self._commit_store(owner, desired)
         return diff
 
     def replace_many(self, changes: dict[str, Iterable[Flow]]) -> FlowDiff:
@@ -195,11 +197,19 @@ class Switch:
             if total:
                 self._send_diff(total)
             for owner, desired in indexed.items():
-                if desired:
-                    self._store[owner] = desired
-                else:
-                    self._store.pop(owner, None)
+                self._commit_store(owner, desired)
         return total
+
+    def _commit_store(self, owner: str, desired: Mapping[FlowKey, Flow]) -> None:
+        """Record what OVS now holds for `owner` (only after the commit succeeded)."""
+        old = self._store.pop(owner, {})
+        if desired:
+            self._store[owner] = dict(desired)
+        delta = _per_table(desired.values())
+        delta.subtract(_per_table(old.values()))
+        for table_name, change in delta.items():
+            if change:
+                metrics.FLOWS.labels(table_name).inc(change)
 
     def delete_flows(self, owner: str) -> FlowDiff:
         return self.replace_flows(owner, ())
@@ -221,7 +231,16 @@ class Switch:
         messages = [(DELETE_STRICT, f) for f in diff.deletes]
         messages += [(ADD, f) for f in diff.adds]
         messages += [(MODIFY_STRICT, f) for f in diff.modifies]
-        self._send_bundle(self._require_connection(), messages)
+        started = time.perf_counter()
+        try:
+            self._send_bundle(self._require_connection(), messages)
+        except OpenFlowError:
+            metrics.FLOW_OPERATION_ERRORS.labels("bundle").inc()
+            raise
+        metrics.FLOW_OPERATION_SECONDS.labels("bundle").observe(time.perf_counter() - started)
+        metrics.FLOW_OPERATIONS.labels("add").inc(len(diff.adds))
+        metrics.FLOW_OPERATIONS.labels("modify").inc(len(diff.modifies))
+        metrics.FLOW_OPERATIONS.labels("delete").inc(len(diff.deletes))
 
     def _require_connection(self) -> Connection:
         conn = self._conn
@@ -341,3 +360,7 @@ class Switch:
         )
         with self._write_lock:
             self._require_connection().request(mod, barrier=True)
+
+
+def _per_table(flows: Iterable[Flow]) -> Counter[str]:
+    return Counter(flow.table for flow in flows)

@@ -156,3 +156,23 @@ def test_stop_leaves_flows_in_place(ovs, bridge, switch):
     switch.replace_flows("pipeline", skeleton_flows(1))
     switch.stop()
     assert dump(ovs, bridge) == sorted(golden_lines("skeleton"))
+
+
+def test_metrics_follow_flows_per_table_and_operations(switch):
+    from controller import metrics
+
+    def classifier_flows():
+        return metrics.REGISTRY.get_sample_value("plumb_agent_flows", {"table": "Classifier"}) or 0
+
+    def adds():
+        value = metrics.REGISTRY.get_sample_value(
+            "plumb_agent_flow_operations_total", {"operation": "add"}
+        )
+        return value or 0
+
+    flows_before, adds_before = classifier_flows(), adds()
+    switch.replace_flows("metered", _port_flows(range(1, 11)))
+    assert classifier_flows() - flows_before == 10
+    assert adds() - adds_before == 10
+    switch.replace_flows("metered", _port_flows(range(1, 4)))
+    assert classifier_flows() - flows_before == 3
