@@ -159,11 +159,14 @@ class OvsSandbox:
 
     def cleanup(self) -> None:
         """Stop both daemons and remove everything the sandbox made."""
-        if self.pid("ovs-vswitchd") is not None and not self._own_netns:
+        pid = self.pid("ovs-vswitchd")
+        if pid is not None and not self._own_netns:
             # In a namespace we don't own, `exit --cleanup` removes the datapath's tap devices
-            # (bridges, internal ports) that a plain SIGTERM leaves behind.
+            # (bridges, internal ports) that a plain SIGTERM leaves behind. It answers before
+            # the teardown is done: let it finish rather than signal it halfway.
             with contextlib.suppress(OvsSandboxError):  # stop() falls back to signals
                 self.appctl("exit", "--cleanup")
+                _wait_gone(pid, self.timeout)
         self.stop()
         shutil.rmtree(self.rundir, ignore_errors=True)
         if self._own_netns and self.netns:
@@ -293,6 +296,16 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """Wait up to `timeout` for the process to end; True if it did."""
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def _terminate(pid: int, timeout: float) -> None:
     """SIGTERM, then SIGKILL if the process is still there after `timeout`."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -300,9 +313,6 @@ def _terminate(pid: int, timeout: float) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.005)
+        if _wait_gone(pid, timeout):
+            return
     raise OvsSandboxError(f"process {pid} survived SIGKILL")
