@@ -127,9 +127,11 @@ def test_answer_that_is_not_cni_becomes_999(client_node: Node) -> None:
     def answer_once() -> None:
         conn, _ = listener.accept()
         with conn:
-            conn.settimeout(2)
+            # Read the whole request (to EOF, or until curl waits for us), as a server would.
+            conn.settimeout(0.3)
             with contextlib.suppress(OSError):
-                conn.recv(65536)
+                while conn.recv(65536):
+                    pass
             conn.sendall(b"HTTP/1.0 404 Not Found\r\nContent-Length: 5\r\n\r\nnope\n")
 
     thread = threading.Thread(target=answer_once, daemon=True)
