@@ -152,6 +152,10 @@ class PortStore(Protocol):
         """Every port on the bridge."""
         ...
 
+    def port_info(self, name: str) -> PortInfo:
+        """One port's interface; raises when there is none."""
+        ...
+
 
 class PodFlows(Protocol):
     """The pod's flows: the agent's flow installer (the switch room) fills this."""
@@ -432,10 +436,10 @@ class PodNetwork:
         self._ipam.check(req)
 
     def _check_port(self, iface: PodInterface) -> None:
-        ports = {p.name: p for p in self._ports.list_ports(self.config.bridge)}
-        port = ports.get(iface.host_ifname)
-        if port is None:
-            raise _check_failed("OVS port missing", iface.host_ifname)
+        try:
+            port = self._ports.port_info(iface.host_ifname)
+        except Exception as exc:
+            raise _check_failed("OVS port missing", f"{iface.host_ifname}: {exc}") from exc
         if port.ofport != iface.ofport:
             raise _check_failed("OVS port changed", f"ofport {port.ofport} != {iface.ofport}")
         if not netns.host_link_exists(iface.host_ifname):

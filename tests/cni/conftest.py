@@ -143,6 +143,9 @@ class FaultyPorts:
     def list_ports(self, bridge: str) -> Any:
         return self.client.list_ports(bridge)
 
+    def port_info(self, name: str) -> Any:
+        return self.client.port_info(name)
+
 
 @dataclass
 class Node:

@@ -302,6 +302,10 @@ def test_ADD_01_03_06_07_RES_01_result_and_interface_per_version(node: Node, ver
     link = in_netns(netns, "ip", "-o", "addr", "show", "dev", "eth0")
     assert ip["address"] in link and ctr["mac"] in in_netns(netns, "ip", "link", "show", "eth0")
     assert "UP" in in_netns(netns, "ip", "link", "show", "eth0")
+    assert "inet6 fe80::" in in_netns(netns, "ip", "addr", "show", "eth0")  # the link-local
+    # ENV-09: only the container side was entered: eth0 is there, the host end is not
+    assert in_netns(netns, "ip", "-o", "link").count("eth0") == 1
+    assert host["name"] not in in_netns(netns, "ip", "-o", "link")
     assert f"default via {gateway} dev eth0" in in_netns(netns, "ip", "route")
     # the host side and OVS
     assert host["name"] in node.host_veths() and host["name"] in node.pod_ports()
@@ -646,6 +650,76 @@ def test_GC_through_the_runtime_sends_both_keys(node: Node) -> None:
     runtime.add(net, b)
     runtime.gc(net, [(a.container_id, "eth0")])
     assert len(node.pod_ports()) == 1
+
+
+def wrap_gc_capable_ipam(node: Node, log: Path, status_error: bool = False) -> None:
+    """An IPAM named host-local, earlier in CNI_PATH, that speaks CNI 1.1.0: it records GC and
+    STATUS calls (optionally failing STATUS with 50) and hands the rest to the real one."""
+    wrapper = node.workdir / "bin" / "host-local"
+    status = (
+        'echo \'{"cniVersion":"1.1.0","code":50,"msg":"pool offline"}\'; exit 1'
+        if status_error
+        else "exit 0"
+    )
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case "$CNI_COMMAND" in\n'
+        'VERSION) echo \'{"cniVersion":"1.1.0","supportedVersions":'
+        '["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}\'; exit 0;;\n'
+        f'GC) cat > "{log}.GC"; exit 0;;\n'
+        f'STATUS) cat > "{log}.STATUS"; {status};;\n'
+        "esac\n"
+        # the real host-local (1.1.1) stops at 1.0.0: hand it the same config in that version
+        'sed \'s/"cniVersion": "1.1.0"/"cniVersion": "1.0.0"/\' | /usr/lib/cni/host-local\n'
+    )
+    wrapper.chmod(0o755)
+
+
+def test_GC_05_gc_is_forwarded_to_an_ipam_that_speaks_1_1_0(node: Node) -> None:
+    log = node.workdir / "ipam"
+    wrap_gc_capable_ipam(node, log)
+    runtime = node.runtime()
+    net = node.network()
+    keep = node.rt(node.make_netns())
+    runtime.add(net, keep)
+    runtime.gc(net, [(keep.container_id, "eth0")])
+    sent = json.loads(Path(f"{log}.GC").read_text())
+    assert sent["cni.dev/valid-attachments"] == [
+        {"containerID": keep.container_id, "ifname": "eth0"}
+    ]
+    assert sent["ipam"]["ranges"][0][0]["subnet"] == str(node.pod_cidr)
+
+
+def test_STS_03_status_is_forwarded_and_its_error_passed_on(node: Node) -> None:
+    log = node.workdir / "ipam"
+    wrap_gc_capable_ipam(node, log, status_error=True)
+    err = error_of(node.call(node.env("STATUS"), node.conf("1.1.0")), 50)
+    assert "pool offline" in err["msg"]
+    assert Path(f"{log}.STATUS").exists()
+
+
+def test_VER_04_OBS_01_runtime_checking_versions_before_add_and_del(node: Node) -> None:
+    runtime = node.runtime(check_versions=True)  # podman: VERSION before every ADD and DEL
+    for version in ("0.3.1", "0.4.0", "1.0.0", "1.1.0"):
+        net = node.network(version)
+        rt = node.rt(node.make_netns())
+        assert runtime.add(net, rt)["cniVersion"] == version
+        runtime.delete(net, rt)
+    assert node.leftovers() == Node.NOTHING_LEFT
+
+
+def test_OBS_09_cri_double_del(node: Node) -> None:
+    """StopPodSandbox: DEL with netns and prevResult; RemovePodSandbox: DEL with neither."""
+    runtime = node.runtime()
+    net = node.network("1.0.0")
+    rt = node.rt(node.make_netns())
+    result = runtime.add(net, rt)
+    first = runtime.plugin_config(net, net.plugins[0], rt, result)
+    assert node.call(node.env("DEL", rt.container_id, rt.netns), first).exit_code == 0
+    node.delete_netns(rt.netns)
+    second = runtime.plugin_config(net, net.plugins[0], None, None)
+    assert node.call(node.env("DEL", rt.container_id, ""), second).exit_code == 0
+    assert node.leftovers() == Node.NOTHING_LEFT
 
 
 # --- STATUS ---------------------------------------------------------------------------------
