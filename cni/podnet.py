@@ -269,32 +269,11 @@ class PodNetwork:
         is added while the container end is configured): every step waits for its partner
         before an error is raised, so a rollback always finds all that was done."""
         self._refuse_bad_add(req)
-        mtu = req.mtu or self.config.mtu
-        pair = netns.VethPair(
-            host_ifname=netns.host_ifname(req.pod_name, req.container_id, req.ifname),
-            host_mac=netns.random_mac(),
-            ifname=req.ifname,
-            netns=req.netns,
-            mac=req.requested_mac or netns.random_mac(),
-            mtu=mtu,
-            tx_checksum_off=self.config.tx_checksum_off,
-        )
+        pair = self._pair_for(req)
         ipam_result = _both(lambda: self._ipam.add(req), lambda: _create_pair(pair))[0]
-        addresses = tuple(ipc.address for ipc in ipam_result.ips)
+        iface = _interface_for(req, pair, ipam_result)
         addressing = netns.Addressing(
-            addresses, tuple(netns.RouteSpec(r.dst, r.gw) for r in ipam_result.routes)
-        )
-        iface = PodInterface(
-            container_id=req.container_id,
-            ifname=req.ifname,
-            network=req.network,
-            pod_namespace=req.pod_namespace,
-            pod_name=req.pod_name,
-            netns=req.netns,
-            host_ifname=pair.host_ifname,
-            mac=pair.mac,
-            ips=addresses,
-            gateway=next((i.gateway for i in ipam_result.ips if i.gateway), None),
+            iface.ips, tuple(netns.RouteSpec(r.dst, r.gw) for r in ipam_result.routes)
         )
         iface = _both(
             lambda: self._attach_port(iface),
@@ -304,18 +283,18 @@ class PodNetwork:
         )[0]
         self.store.put(iface)  # before the flows: a rollback must find them
         self._install_flows(iface)
-        ours = Result(
-            interfaces=(
-                Interface(name=pair.host_ifname, mac=pair.host_mac),
-                Interface(name=req.ifname, mac=pair.mac, sandbox=req.netns, mtu=mtu),
-            ),
-            ips=tuple(
-                IPConfig(address=i.address, gateway=i.gateway, interface=1) for i in ipam_result.ips
-            ),
-            routes=ipam_result.routes,
-            dns=ipam_result.dns if not ipam_result.dns.is_empty() else req.dns,  # CFG-06
+        return merge_prev_result(req.prev_result, _result_for(req, pair, ipam_result))
+
+    def _pair_for(self, req: Request) -> netns.VethPair:
+        return netns.VethPair(
+            host_ifname=netns.host_ifname(req.pod_name, req.container_id, req.ifname),
+            host_mac=netns.random_mac(),
+            ifname=req.ifname,
+            netns=req.netns,
+            mac=req.requested_mac or netns.random_mac(),
+            mtu=req.mtu or self.config.mtu,
+            tx_checksum_off=self.config.tx_checksum_off,
         )
-        return merge_prev_result(req.prev_result, ours)
 
     def _refuse_bad_add(self, req: Request) -> None:
         if self.store.get(req.attachment) is not None:
@@ -481,6 +460,36 @@ class PodNetwork:
     def status(self, req: Request) -> None:
         """STATUS (STS-02, STS-03): the agent answers, so only IPAM can say no."""
         self._ipam.status(req)
+
+
+def _interface_for(req: Request, pair: netns.VethPair, ipam_result: Result) -> PodInterface:
+    return PodInterface(
+        container_id=req.container_id,
+        ifname=req.ifname,
+        network=req.network,
+        pod_namespace=req.pod_namespace,
+        pod_name=req.pod_name,
+        netns=req.netns,
+        host_ifname=pair.host_ifname,
+        mac=pair.mac,
+        ips=tuple(ipc.address for ipc in ipam_result.ips),
+        gateway=next((i.gateway for i in ipam_result.ips if i.gateway), None),
+    )
+
+
+def _result_for(req: Request, pair: netns.VethPair, ipam_result: Result) -> Result:
+    """ADD-06: the host end (no sandbox) and the container end; the IPs point at the latter."""
+    return Result(
+        interfaces=(
+            Interface(name=pair.host_ifname, mac=pair.host_mac),
+            Interface(name=req.ifname, mac=pair.mac, sandbox=req.netns, mtu=pair.mtu),
+        ),
+        ips=tuple(
+            IPConfig(address=i.address, gateway=i.gateway, interface=1) for i in ipam_result.ips
+        ),
+        routes=ipam_result.routes,
+        dns=ipam_result.dns if not ipam_result.dns.is_empty() else req.dns,  # CFG-06
+    )
 
 
 def _create_pair(pair: netns.VethPair) -> None:
