@@ -335,7 +335,8 @@ class CniRuntime:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """cnitool: `add|check|del|gc|status NET [NETNS]`, configured like cnitool by NETCONFPATH,
-    CNI_PATH, CNI_ARGS, CAP_ARGS and CNI_IFNAME; ADD prints the result."""
+    CNI_PATH, CNI_ARGS, CAP_ARGS and CNI_IFNAME (and CNI_CACHE_DIR, default /var/lib/cni, for
+    the result cache); ADD prints the result."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] not in ("add", "check", "del", "gc", "status"):
         print(
@@ -346,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     netns = args[2] if len(args) > 2 else ""
     net = NetworkList.find(os.environ.get("NETCONFPATH", DEFAULT_CONF_DIR), name)
     bin_dirs = [d for d in os.environ.get("CNI_PATH", "").split(":") if d] or DEFAULT_BIN_DIRS
-    runtime = CniRuntime(bin_dirs)
+    runtime = CniRuntime(bin_dirs, os.environ.get("CNI_CACHE_DIR", "/var/lib/cni"))
     pairs = [p.split("=", 1) for p in os.environ.get("CNI_ARGS", "").split(";") if "=" in p]
     rt = RuntimeConf(
         container_id=cnitool_container_id(netns),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cni.protocol import Attachment
 from cni.server import Reply
 from lab.cniruntime import PluginAnswer
 from tests.cni.conftest import Node
@@ -156,3 +157,28 @@ def test_the_script_is_posix_sh() -> None:
     script = Path(__file__).resolve().parents[2] / "cni" / "plumb"
     assert script.read_text().startswith("#!/bin/sh\n")
     assert script.stat().st_mode & 0o111
+
+
+def test_cnitool_cli_add_check_del(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m lab.cniruntime` (the lab's cnitool) drives the plugin from a conflist."""
+    from lab.cniruntime import cnitool_container_id
+    from lab.cniruntime import main as cnitool
+
+    conf_dir = node.workdir / "net.d"
+    conf_dir.mkdir()
+    conflist = {"cniVersion": "1.1.0", "name": "plumbnet", "plugins": [{"type": "plumb"}]}
+    (conf_dir / "10-plumb.conflist").write_text(json.dumps(conflist))
+    netns = node.make_netns()
+    for key, value in {
+        "NETCONFPATH": str(conf_dir),
+        "CNI_PATH": f"{node.workdir / 'bin'}:/usr/lib/cni",
+        "PLUMB_CNI_SOCKET": node.server.socket_path,
+        "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={node.prefix}p0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CNI_CACHE_DIR", str(node.workdir / "cache"))
+    assert cnitool(["add", "plumbnet", netns]) == 0
+    assert node.podnet.store.get(Attachment(cnitool_container_id(netns), "eth0")) is not None
+    assert cnitool(["check", "plumbnet", netns]) == 0
+    assert cnitool(["del", "plumbnet", netns]) == 0
+    assert node.leftovers() == Node.NOTHING_LEFT
