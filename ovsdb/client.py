@@ -13,7 +13,6 @@ from 1 s); a call made meanwhile waits for the reconnection, or raises OvsdbTime
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -34,8 +33,6 @@ from ovsdb.errors import (
     OvsdbTimeout,
     PortNotFound,
 )
-
-log = logging.getLogger(__name__)
 
 # OpenFlow10 too, so that a plain `ovs-ofctl` without -O works against the bridge.
 PROTOCOLS = ["OpenFlow10", "OpenFlow13", "OpenFlow15"]
