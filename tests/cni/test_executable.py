@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -182,3 +184,8 @@ def test_cnitool_cli_add_check_del(node: Node, monkeypatch: pytest.MonkeyPatch) 
     assert cnitool(["check", "plumbnet", netns]) == 0
     assert cnitool(["del", "plumbnet", netns]) == 0
     assert node.leftovers() == Node.NOTHING_LEFT
+
+
+def test_socket_is_private(node: Node) -> None:
+    mode = os.stat(node.server.socket_path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
