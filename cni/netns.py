@@ -444,12 +444,6 @@ def host_links_with_suffix(suffix: str) -> list[str]:
     return sorted(n for n in names if isinstance(n, str) and n.endswith(suffix))
 
 
-def host_link_mac(name: str) -> str:
-    with _iproute() as ipr:
-        links = ipr.get_links(ifname=name)
-    return str(links[0].get("address")) if links else ""
-
-
 # ---------------------------------------------------------------------------------------------
 # Inspect (container side)
 
