@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cni.ipam import HostLocalIpam
-from cni.netns import enter_netns
+from cni.netns import in_netns, open_netns
 from cni.podnet import PodNetConfig, PodNetwork
 from cni.server import CniDispatcher, CniServer
 from controller.bridge import BridgeSettings, ensure_node_bridge
@@ -146,22 +146,11 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -
 def in_thread_netns(netns: str, work: Callable[[], T]) -> T:
     """Run `work` in a thread inside `netns`: plugins it starts are born there, with no
     `ip netns exec` in the measured path."""
-    box: dict[str, Any] = {}
-
-    def runner() -> None:
-        try:
-            enter_netns(netns)
-            box["value"] = work()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=runner)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
+    fd = open_netns(netns)
+    try:
+        return in_netns(fd, work)
+    finally:
+        os.close(fd)
 
 
 def install(bin_dir: Path) -> None:

@@ -18,12 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from controller.bridge import BridgeSettings, ensure_node_bridge
 from controller.switch import Switch
 from flows import encode
 from flows.fields import FROM_POD, OUTPUT_TO_PORT, TARGET_OFPORT, TO_LOCAL
 from flows.flow import Conjunction, Flow, GotoTable, Load, SetField, match
 from flows.ofctl import render_flow
-from flows.pipeline import TABLE_NAMES, table
+from flows.pipeline import table
 from lab.ovs_sandbox import OvsSandbox
 
 POD_FLOWS = 5
@@ -106,18 +107,10 @@ def bench_flows(n: int, cookie: int = 0x0001_0200_0000_0001) -> list[Flow]:
 
 
 def _fresh_bridge(ovs: OvsSandbox, name: str) -> Path:
+    """A new bridge set up as the agent sets up br-int (tables named), so both contenders
+    install the same text and the same flows."""
     ovs.vsctl("--if-exists", "del-br", name)
-    ovs.vsctl(
-        "add-br",
-        name,
-        "--",
-        "set",
-        "bridge",
-        name,
-        "datapath_type=netdev",
-        "fail_mode=secure",
-        "protocols=OpenFlow10,OpenFlow13,OpenFlow15",
-    )
+    ensure_node_bridge(ovs.db_remote, BridgeSettings(name=name, datapath_type="netdev"))
     for _ in range(100):
         if ovs.mgmt_socket(name).exists():
             break
@@ -170,15 +163,7 @@ def _check_count(ovs: OvsSandbox, bridge: str, n: int) -> None:
 
 
 def _as_ofctl_text(flows: list[Flow]) -> str:
-    # Table numbers, not names: the fresh bench bridges have no table names.
-    lines = []
-    for flow in flows:
-        text = render_flow(flow).strip()
-        for table_id, name in TABLE_NAMES.items():
-            text = text.replace(f"table={name},", f"table={table_id},")
-            text = text.replace(f"goto_table:{name}", f"goto_table:{table_id}")
-        lines.append(text)
-    return "\n".join(lines) + "\n"
+    return "".join(render_flow(flow).strip() + "\n" for flow in flows)
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ from controller.openflow import (
     OpenFlowError,
     SwitchDisconnected,
     SwitchTimeout,
+    XidRange,
 )
 from flows.diff import FlowDiff, diff_flows, index_flows
 from flows.encode import (
@@ -176,13 +177,7 @@ class Switch:
 
     def replace_flows(self, owner: str, flows: Iterable[Flow]) -> FlowDiff:
         """Make `owner`'s installed flows exactly `flows`, in one atomic bundle."""
-        desired = index_flows(flows)
-        with self._write_lock:
-            diff = diff_flows(self._store.get(owner, {}), desired)
-            if diff:
-                self._send_diff(diff)
-            self._commit_store(owner, desired)
-        return diff
+        return self.replace_many({owner: flows})
 
     def replace_many(self, changes: dict[str, Iterable[Flow]]) -> FlowDiff:
         """Replace several owners' flows in one atomic bundle (e.g. a policy and its clauses)."""
@@ -304,7 +299,7 @@ class Switch:
     def _explain(
         self,
         exc: OpenFlowError,
-        tracked: Any,
+        tracked: XidRange,
         xids: list[int],
         messages: list[tuple[int, Flow]],
     ) -> OpenFlowError:
