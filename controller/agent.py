@@ -3,26 +3,36 @@ SIGTERM, and stops without touching a flow.
 
 Start order (DESIGN section 8): health server; OVSDB (bridge, table names, gateway, tunnel);
 the restart round (bridge external_ids); the OpenFlow switch with the skeleton of the new round;
-the source (Kubernetes list + watch) until synced; the local node's gateway flows from its
-PodCIDR; then the previous round's flows are deleted and the new round persisted. Readiness
-gates on /readyz say how far it got.
+the source until synced; the local node's gateway (address, MTU, flows) from its PodCIDR; the
+pod interfaces rebuilt from OVS port external_ids and their flows reinstalled in the new round;
+the CNI server; then the previous round's flows are deleted and the new round persisted.
+Readiness gates on /readyz say how far it got; CNI ADD waits for the last one ("network").
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from controller.bridge import BridgeSettings, ensure_bridge_with
+from cni.ipam import HostLocalIpam
+from cni.netns import in_netns, open_netns
+from cni.podnet import PodNetConfig, PodNetwork
+from cni.server import CniDispatcher, CniServer
+from controller.bridge import GATEWAY_PORT, BridgeSettings, ensure_bridge_with
+from controller.cni_metrics import MeteredBackend
 from controller.config import AgentConfig, load_config
 from controller.errors import ConfigError, PlumbError
+from controller.gateway import ensure_gateway_address
 from controller.health import HealthServer, ReadinessGates
 from controller.logs import install_signal_handlers, setup_logging
+from controller.podflows import SwitchPodFlows
 from controller.sources.kube import KubeSource
 from controller.store import Store
 from controller.switch import Switch
@@ -34,7 +44,10 @@ from ovsdb.client import OvsdbClient
 
 log = logging.getLogger(__name__)
 
-GATES = ("ovsdb", "openflow", "source", "node")
+GATES = ("ovsdb", "openflow", "source", "node", "network")
+# Encapsulation overhead of an IPv4 underlay, subtracted from the uplink MTU for pods.
+TUNNEL_OVERHEAD = {"geneve": 50, "vxlan": 50, "none": 0}
+DEFAULT_UPLINK_MTU = 1500
 
 
 class AgentError(PlumbError):
@@ -42,18 +55,28 @@ class AgentError(PlumbError):
 
 
 class Agent:
-    """One node's agent: owns the bridge, the switch connection and the source."""
+    """One node's agent: owns the bridge, the switch connection, the source and the CNI server.
 
-    def __init__(self, config: AgentConfig, sync_timeout: float = 60.0) -> None:
+    `netns` names the network namespace the node's OVS and pods live in when the agent itself
+    runs elsewhere (tests run several nodes in one process); None means "where I run".
+    """
+
+    def __init__(
+        self, config: AgentConfig, sync_timeout: float = 60.0, netns: str | None = None
+    ) -> None:
         self.config = config
         self.sync_timeout = sync_timeout
+        self.netns = netns
         self.gates = ReadinessGates(GATES)
+        self.network_ready = threading.Event()
         self.health = HealthServer(config.health_bind_address, self.gates)
         self.store = Store()
         self.round = 0
         self.ovsdb: OvsdbClient | None = None
         self.switch: Switch | None = None
         self.source: KubeSource | None = None
+        self.podnet: PodNetwork | None = None
+        self.cni_server: CniServer | None = None
 
     def start(self) -> None:
         self.health.start()
@@ -65,12 +88,18 @@ class Agent:
         self._start_switch()
         self._start_source()
         gateway_mac = bridge.gateway.mac_in_use if bridge.gateway else ""
-        self._install_node(gateway_mac)
+        node = local_node(self.store, self.config.node_name, gateway_mac)
+        self._install_node(node)
+        self._start_pod_network(node)
         self._finish_round(previous)
+        self.gates.set("network")
+        self.network_ready.set()
         log.info("agent ready node=%s round=%d", self.config.node_name, self.round)
 
     def stop(self) -> None:
-        """Stop watching and disconnect; every installed flow stays in OVS."""
+        """Stop serving and watching, disconnect; every installed flow stays in OVS."""
+        if self.cni_server is not None:
+            self.cni_server.stop()
         if self.source is not None:
             self.source.stop()
         if self.switch is not None:
@@ -79,11 +108,18 @@ class Agent:
             self.ovsdb.close()
         self.health.stop()
 
+    @property
+    def pod_mtu(self) -> int:
+        if self.config.mtu:
+            return self.config.mtu
+        return DEFAULT_UPLINK_MTU - TUNNEL_OVERHEAD[self.config.tunnel_type]
+
     def _bridge_settings(self) -> BridgeSettings:
         return BridgeSettings(
             name=self.config.bridge,
             datapath_type=self.config.datapath_type,
             tunnel_type=self.config.tunnel_type,
+            mtu=self.pod_mtu,
         )
 
     def _previous_round(self) -> int | None:
@@ -110,18 +146,55 @@ class Agent:
             raise AgentError(f"source not synced within {self.sync_timeout:.0f}s")
         self.gates.set("source")
 
-    def _install_node(self, gateway_mac: str) -> None:
+    def _install_node(self, node: LocalNode) -> None:
         assert self.switch is not None
-        node = local_node(self.store, self.config.node_name, gateway_mac)
+        self._in_node_netns(
+            lambda: ensure_gateway_address(
+                GATEWAY_PORT, node.gateway_ip, node.pod_cidr, self.pod_mtu
+            )
+        )
         cookie = Cookie(self.round, Category.NODE, 0).value
         self.switch.replace_flows(f"node/{self.config.node_name}", gateway_flows(node, cookie))
         self.gates.set("node")
+
+    def _start_pod_network(self, node: LocalNode) -> None:
+        """Rebuild the pods from OVS, reinstall their flows in this round, serve CNI."""
+        assert self.switch is not None and self.ovsdb is not None
+        pod_flows = SwitchPodFlows(self.switch, node, self.round)
+        self.podnet = PodNetwork(
+            PodNetConfig(
+                bridge=self.config.bridge,
+                mtu=self.pod_mtu,
+                tx_checksum_off=self.config.datapath_type == "netdev",
+            ),
+            self.ovsdb,
+            pod_flows,
+            HostLocalIpam(node.pod_cidr, data_dir=self.config.ipam_data_dir),
+        )
+        restored = self.podnet.restore()
+        for iface in self.podnet.store.all():
+            pod_flows.install_pod(iface)
+        log.info("pods restored from ovsdb count=%d", restored)
+        dispatcher = CniDispatcher(MeteredBackend(self.podnet), self.network_ready)
+        netns_path = f"/run/netns/{self.netns}" if self.netns else None
+        self.cni_server = CniServer(self.config.cni_socket, dispatcher, netns=netns_path)
+        self.cni_server.start()
 
     def _finish_round(self, previous: int | None) -> None:
         assert self.switch is not None and self.ovsdb is not None
         if previous is not None and previous != self.round:
             self.switch.delete_by_cookie(*round_filter(previous))
         self.ovsdb.set_bridge_external_id(self.config.bridge, keys.BRIDGE_ROUND, str(self.round))
+
+    def _in_node_netns(self, work: Callable[[], None]) -> None:
+        if self.netns is None:
+            work()
+            return
+        fd = open_netns(f"/run/netns/{self.netns}")
+        try:
+            in_netns(fd, work)
+        finally:
+            os.close(fd)
 
 
 def local_node(store: Store, node_name: str, gateway_mac: str) -> LocalNode:

@@ -79,6 +79,10 @@ class AgentConfig:
     """Unix socket the agent serves CNI requests on; the `plumb` executable connects to it.
     Absolute path of at most 107 bytes."""
 
+    ipam_data_dir: str = "/var/lib/cni/networks"
+    """Where host-local (the IPAM the agent delegates to, with the node's PodCIDR injected)
+    keeps one file per allocated address. Absolute path; survives agent restarts."""
+
     mtu: int = 0
     """MTU of pod interfaces. 0: derive it from the transport interface's MTU minus the tunnel
     overhead. Otherwise 68 to 65535."""
@@ -238,6 +242,7 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     "ovs_rundir": lambda v: _path(v, absolute=True),
     "ovsdb_remote": _ovsdb_remote,
     "cni_socket": lambda v: _path(v, absolute=True, max_len=MAX_UNIX_SOCKET_PATH),
+    "ipam_data_dir": lambda v: _path(v, absolute=True),
     "mtu": _mtu,
     "transport_interface": lambda v: _ifname(v, optional=True),
     "node_address": _ip_address,

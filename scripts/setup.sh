@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  openvswitch-switch iproute2 iperf3 ethtool curl socat procps kmod
+  openvswitch-switch iproute2 iperf3 ethtool curl socat procps kmod iputils-ping arping
   containernetworking-plugins python3-venv python3-pip
   podman runc containerd busybox-static
 )

@@ -38,6 +38,8 @@ def world(tmp_path):
         tunnel_type="geneve",
         ovs_rundir=str(ovs.rundir),
         health_bind_address="127.0.0.1:0",
+        cni_socket=str(tmp_path / "cni.sock"),
+        ipam_data_dir=str(tmp_path / "ipam"),
     )
     yield api, ovs, config
     api.stop()
@@ -51,7 +53,7 @@ def dump(ovs: OvsSandbox) -> list[str]:
 
 def test_agent_installs_pipeline_and_gateway_flows_and_reports_ready(world):
     _api, ovs, config = world
-    agent = Agent(config, sync_timeout=10)
+    agent = Agent(config, sync_timeout=10, netns=ovs.netns)
     agent.start()
     try:
         flows = dump(ovs)
@@ -68,7 +70,7 @@ def test_agent_installs_pipeline_and_gateway_flows_and_reports_ready(world):
 
 def test_flows_stay_while_the_api_server_is_away(world):
     api, ovs, config = world
-    agent = Agent(config, sync_timeout=10)
+    agent = Agent(config, sync_timeout=10, netns=ovs.netns)
     agent.start()
     try:
         before = dump(ovs)
@@ -82,10 +84,10 @@ def test_flows_stay_while_the_api_server_is_away(world):
 
 def test_restart_moves_every_flow_to_the_next_round(world):
     _api, ovs, config = world
-    first = Agent(config, sync_timeout=10)
+    first = Agent(config, sync_timeout=10, netns=ovs.netns)
     first.start()
     first.stop()
-    second = Agent(config, sync_timeout=10)
+    second = Agent(config, sync_timeout=10, netns=ovs.netns)
     second.start()
     try:
         flows = dump(ovs)

@@ -34,6 +34,7 @@ BAD_VALUES: dict[str, list[object]] = {
     "ovs_rundir": ["var/run/openvswitch", "", 1],
     "ovsdb_remote": ["db.sock", "unix:relative", "tcp:1.2.3.4", "tcp:host:99999", "ssl::6640"],
     "cni_socket": ["plumb.sock", "/" + "s" * 200],
+    "ipam_data_dir": ["var/lib/cni", ""],
     "mtu": [-1, 1, 67, 65536, "1450", True, 1.5],
     "transport_interface": ["eth 0", "averyveryverylongname"],
     "node_address": ["1.2.3", "node-1", "10.0.0.1/24"],
