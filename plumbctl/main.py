@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from flows.pipeline import TABLES, pipeline_document
+from plumbctl.lab import lab
 
 
 @click.group()
@@ -69,6 +70,9 @@ def _install_pipeline() -> None:
             ),
             nl=False,
         )
+
+
+cli.add_command(lab)
 
 
 def main() -> None:
