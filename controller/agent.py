@@ -25,6 +25,7 @@ from cni.ipam import HostLocalIpam
 from cni.netns import in_netns, open_netns
 from cni.podnet import PodNetConfig, PodNetwork
 from cni.server import CniDispatcher, CniServer
+from controller import metrics
 from controller.bridge import GATEWAY_PORT, BridgeSettings, ensure_bridge_with
 from controller.cni_metrics import MeteredBackend
 from controller.config import AgentConfig, load_config
@@ -34,7 +35,7 @@ from controller.health import HealthServer, ReadinessGates
 from controller.logs import install_signal_handlers, setup_logging
 from controller.podflows import SwitchPodFlows
 from controller.sources.kube import KubeSource
-from controller.store import Store
+from controller.store import Store, StoreEvent
 from controller.switch import Switch
 from flows.cookie import Category, Cookie, next_round, round_filter
 from flows.pod import LocalNode, gateway_flows
@@ -71,6 +72,7 @@ class Agent:
         self.network_ready = threading.Event()
         self.health = HealthServer(config.health_bind_address, self.gates)
         self.store = Store()
+        self.store.add_handler(self._count_policies, kinds=["NetworkPolicy"])
         self.round = 0
         self.ovsdb: OvsdbClient | None = None
         self.switch: Switch | None = None
@@ -107,6 +109,9 @@ class Agent:
         if self.ovsdb is not None:
             self.ovsdb.close()
         self.health.stop()
+
+    def _count_policies(self, _event: StoreEvent) -> None:
+        metrics.NETWORK_POLICIES.set(self.store.count("NetworkPolicy"))
 
     @property
     def pod_mtu(self) -> int:

@@ -4,12 +4,15 @@ API server is away and when it stops, and a restart moves every flow to the next
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 import urllib.request
 import uuid
 
 import pytest
 
+from cni.netns import in_netns, open_netns
 from controller.agent import Agent
 from controller.config import AgentConfig
 from lab.fakeapi import FakeApiServer
@@ -95,3 +98,76 @@ def test_restart_moves_every_flow_to_the_next_round(world):
         assert all(" cookie=0x2" in f for f in flows), [f for f in flows if "cookie=0x2" not in f]
     finally:
         second.stop()
+
+
+def test_the_agent_process_serves_health_and_metrics_and_stops_on_sigterm(world, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    _api, ovs, config = world
+    # The process runs inside the node's namespace: so must the API server it talks to.
+    api = FakeApiServer(bookmark_interval=0.2)
+    populate(api, 5)
+    fd = open_netns(f"/run/netns/{ovs.netns}")
+    try:
+        in_netns(fd, api.start)
+    finally:
+        os.close(fd)
+    config = dataclasses.replace(
+        config, kubeconfig=str(write_kubeconfig(tmp_path / "kubeconfig-in-node", api.url))
+    )
+    settings = {
+        field: getattr(config, field)
+        for field in (
+            "node_name",
+            "source",
+            "kubeconfig",
+            "datapath_type",
+            "tunnel_type",
+            "ovs_rundir",
+            "cni_socket",
+            "ipam_data_dir",
+        )
+    }
+    settings["health_bind_address"] = "127.0.0.1:19641"
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    in_node = ["ip", "netns", "exec", ovs.netns]
+    agent = subprocess.Popen(
+        [*in_node, sys.executable, "-m", "controller", "--config", str(path)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            ready = subprocess.run(
+                [*in_node, "curl", "-sf", "http://127.0.0.1:19641/readyz"],
+                capture_output=True,
+                text=True,
+            )
+            if ready.returncode == 0:
+                break
+            assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
+            assert time.monotonic() < deadline, "agent never became ready"
+            time.sleep(0.2)
+        scraped = subprocess.run(
+            [*in_node, "curl", "-sf", "http://127.0.0.1:19641/metrics"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert 'plumb_agent_flows{table="Classifier"}' in scraped
+        assert "plumb_agent_network_policies" in scraped
+        flows = dump(ovs)
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=15) == 0
+        assert dump(ovs) == flows
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        api.stop()
