@@ -35,6 +35,7 @@ from controller.health import HealthServer, ReadinessGates
 from controller.logs import install_signal_handlers, setup_logging
 from controller.podflows import SwitchPodFlows
 from controller.sources.kube import KubeSource
+from controller.sources.manifests import ManifestsSource
 from controller.store import Store, StoreEvent
 from controller.switch import Switch
 from flows.cookie import Category, Cookie, next_round, round_filter
@@ -76,7 +77,7 @@ class Agent:
         self.round = 0
         self.ovsdb: OvsdbClient | None = None
         self.switch: Switch | None = None
-        self.source: KubeSource | None = None
+        self.source: KubeSource | ManifestsSource | None = None
         self.podnet: PodNetwork | None = None
         self.cni_server: CniServer | None = None
 
@@ -143,9 +144,10 @@ class Agent:
         self.gates.set("openflow")
 
     def _start_source(self) -> None:
-        if self.config.source != "kubernetes":
-            raise ConfigError("source", "only 'kubernetes' is available until the lab lands")
-        self.source = KubeSource(self.config, self.store)
+        if self.config.source == "kubernetes":
+            self.source = KubeSource(self.config, self.store)
+        else:
+            self.source = ManifestsSource(self.config, self.store)
         self.source.start()
         if not self.source.wait_synced(self.sync_timeout):
             raise AgentError(f"source not synced within {self.sync_timeout:.0f}s")

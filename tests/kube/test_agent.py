@@ -171,3 +171,27 @@ def test_the_agent_process_serves_health_and_metrics_and_stops_on_sigterm(world,
             agent.kill()
             agent.wait()
         api.stop()
+
+
+def test_agent_runs_from_a_manifests_directory(world, tmp_path):
+    import yaml
+
+    _api, ovs, config = world
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    node = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": NODE},
+        "spec": {"podCIDR": "10.77.3.0/24", "podCIDRs": ["10.77.3.0/24"]},
+    }
+    (manifests / "node.yaml").write_text(yaml.safe_dump(node))
+    config = dataclasses.replace(config, source="manifests", manifests_dir=str(manifests))
+    agent = Agent(config, sync_timeout=10, netns=ovs.netns)
+    agent.start()
+    try:
+        assert any(
+            "nw_dst=10.77.3.0/24 actions=goto_table:L2ForwardingCalc" in f for f in dump(ovs)
+        )
+    finally:
+        agent.stop()
