@@ -119,21 +119,35 @@ def up(
         manifests.write(node_object(spec, layout.node(index)))
     nodes_ = [layout.node(i) for i in range(1, spec.nodes + 1)]
     with ThreadPoolExecutor(max_workers=min(8, len(nodes_))) as pool:
-        for node in pool.map(lambda n: _ensure_node(layout, spec, n, progress), nodes_):
-            progress(f"{node.name}: agent started")
-    wait_agents_ready(nodes_, progress)
+        list(pool.map(lambda n: _ensure_node(layout, spec, n, agents, progress), nodes_))
+    teach_tunnel_neighbours(nodes_)
+    if agents:
+        wait_agents_ready(nodes_, progress)
     return spec
 
 
+def teach_tunnel_neighbours(nodes: list[NodeLayout]) -> None:
+    """Tell every node's OVS its peers' underlay MACs. The userspace tunnel code resolves a
+    remote endpoint through its own neighbour cache, and drops the packet that finds the cache
+    cold (it sends an ARP instead): the first SYN to a new node would be lost, costing a probe
+    a one-second retransmission. Entries stay while they are used; ARP replies refresh them."""
+    for node in nodes:
+        ovs = node_ovs(node)
+        for peer in nodes:
+            if peer is not node:
+                ovs.appctl("tnl/neigh/set", PHYS_BRIDGE, peer.address, peer.phys_mac)
+
+
 def _ensure_node(
-    layout: LabLayout, spec: LabSpec, node: NodeLayout, progress: Progress
-) -> NodeLayout:
+    layout: LabLayout, spec: LabSpec, node: NodeLayout, agent: bool, progress: Progress
+) -> None:
     ensure_node_network(layout, node)
     ensure_node_ovs(node)
     progress(f"{node.name}: namespace {node.netns}, underlay {node.address}, OVS up")
     write_agent_config(layout, spec, node)
-    ensure_agent(node)
-    return node
+    if agent:
+        ensure_agent(node)
+        progress(f"{node.name}: agent started")
 
 
 def ensure_underlay(layout: LabLayout) -> None:
@@ -167,6 +181,7 @@ def ensure_node_ovs(node: NodeLayout) -> OvsSandbox:
     ovs.vsctl(
         "--may-exist", "add-br", PHYS_BRIDGE,
         "--", "set", "bridge", PHYS_BRIDGE, "datapath_type=netdev",
+        f"other_config:hwaddr={node.phys_mac}",
         "--", "--may-exist", "add-port", PHYS_BRIDGE, UPLINK,
     )  # fmt: skip
     host.ensure_address(node.netns, PHYS_BRIDGE, f"{node.address}/{node.underlay_prefixlen}")
@@ -332,6 +347,14 @@ def existing_node_indexes(layout: LabLayout) -> list[int]:
     return sorted(found)
 
 
+def _floor_namespaces(layout: LabLayout) -> list[str]:
+    """Namespaces a benchmark floor (lab.floor) left behind, if it was interrupted."""
+    pattern = re.compile(rf"{re.escape(layout.name)}-floor[0-9]+")
+    if not host.NETNS_DIR.is_dir():
+        return []
+    return [e.name for e in host.NETNS_DIR.iterdir() if pattern.fullmatch(e.name)]
+
+
 def remove_node(layout: LabLayout, node: NodeLayout) -> None:
     """A node and everything on it: its pods, agent, OVS, namespace, Node object and files."""
     forget_pods_on(layout, node.name)
@@ -360,6 +383,8 @@ def down(name: str, progress: Progress = _quiet, root: Path | None = None) -> bo
         remove_node(layout, layout.node(index))
         progress(f"node{index} removed")
     try:
+        for netns in _floor_namespaces(layout):
+            host.delete_netns(netns)
         host.delete_netns(layout.underlay_netns)
     except HostError as exc:
         raise LabError(str(exc)) from exc

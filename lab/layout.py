@@ -119,6 +119,13 @@ class NodeLayout:
         return str(net.network_address + 10 + self.index)
 
     @property
+    def phys_mac(self) -> str:
+        """br-phy's MAC, fixed so that peers can be told it before they ever ARP (02:50:4c is
+        locally administered, "PL")."""
+        i = self.index
+        return f"02:50:4c:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+
+    @property
     def underlay_prefixlen(self) -> int:
         return ipaddress.IPv4Network(UNDERLAY_CIDR).prefixlen
 
