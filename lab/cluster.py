@@ -11,6 +11,7 @@ plumb-agent reading the lab's manifests directory. All files live under /var/run
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -214,7 +215,7 @@ def write_cni_conflist(layout: LabLayout) -> Path:
     }
     path = layout.dir / "net.d" / "10-plumb.conflist"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(conf, default_flow_style=True))
+    path.write_text(json.dumps(conf, indent=2) + "\n")
     return path
 
 
@@ -256,7 +257,7 @@ def ensure_agent(node: NodeLayout) -> int:
         node.netns, sys.executable, "-c", _AGENT_MAIN, "--config", str(node.config_file)
     )
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
-    return host.spawn(cmd, node.agent_log, node.agent_pidfile, env)
+    return host.spawn(cmd, node.agent_log, node.agent_pidfile, env).pid
 
 
 def stop_agent(node: NodeLayout) -> None:

@@ -118,7 +118,9 @@ def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.sock
 # --- processes ---------------------------------------------------------------------------------
 
 
-def spawn(cmd: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None) -> int:
+def spawn(
+    cmd: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start `cmd` in the background in a session of its own (so no terminal signal reaches
     it), output to `log`; its PID goes to `pidfile`."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,7 @@ def spawn(cmd: Sequence[str], log: Path, pidfile: Path, env: dict[str, str] | No
             start_new_session=True,
         )
     pidfile.write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
 
 
 def live_pid(pidfile: Path, marker: str) -> int | None:

@@ -212,12 +212,14 @@ class Kubelet:
             "--name", rec.ref, "--ready-file", str(ready),
             "--tcp", by_proto["TCP"], "--udp", by_proto["UDP"], "--sctp", by_proto["SCTP"],
         )  # fmt: skip
-        pid = host.spawn(cmd, _server_log(self.layout, rec), _server_pidfile(self.layout, rec))
+        proc = host.spawn(cmd, _server_log(self.layout, rec), _server_pidfile(self.layout, rec))
         deadline = time.monotonic() + SERVER_READY_TIMEOUT
         while not ready.exists():
-            if time.monotonic() > deadline or not host.pid_matches(pid, str(ready)):
+            exited = proc.poll()
+            if exited is not None or time.monotonic() > deadline:
                 log = _server_log(self.layout, rec).read_text(errors="replace")[-500:]
-                raise PodError(f"the pod's server did not start: {log}")
+                why = f"exited {exited}" if exited is not None else "not ready in time"
+                raise PodError(f"the pod's server did not start ({why}): {log}")
             time.sleep(0.005)
 
     # --- remove ---------------------------------------------------------------------------------
