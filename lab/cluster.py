@@ -3,9 +3,10 @@ and waits until every agent is ready; `down` removes everything a lab made, and 
 
 A node is a network namespace `<lab>-nodeN` holding: `eth0`, one end of a veth whose other end
 sits on the Linux bridge of the lab's underlay namespace; a private Open vSwitch (userspace
-datapath) whose bridge `br-phy` holds `eth0` and carries the node's underlay address on its
-internal port (so the userspace tunnel code can route and ARP, see docs/lab.md); and one
-plumb-agent reading the lab's manifests directory. All files live under /var/run/plumb-lab/<lab>/.
+datapath); the node's underlay address, in tunnel modes on the internal port of an OVS bridge
+`br-phy` that holds `eth0` (so the userspace tunnel code can route and ARP, see docs/lab.md), in
+routed mode on `eth0` itself; and one plumb-agent reading the lab's manifests directory. All
+files live under /var/run/plumb-lab/<lab>/.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def up(
     nodes_ = [layout.node(i) for i in range(1, spec.nodes + 1)]
     with ThreadPoolExecutor(max_workers=min(8, len(nodes_))) as pool:
         list(pool.map(lambda n: _ensure_node(layout, spec, n, agents, progress), nodes_))
-    teach_tunnel_neighbours(nodes_)
+    if spec.encap != "none":
+        teach_tunnel_neighbours(nodes_)
     if agents:
         wait_agents_ready(nodes_, progress)
     return spec
@@ -143,7 +145,7 @@ def _ensure_node(
     layout: LabLayout, spec: LabSpec, node: NodeLayout, agent: bool, progress: Progress
 ) -> None:
     ensure_node_network(layout, node)
-    ensure_node_ovs(node)
+    ensure_node_ovs(node, spec.encap)
     progress(f"{node.name}: namespace {node.netns}, underlay {node.address}, OVS up")
     write_agent_config(layout, spec, node)
     if agent:
@@ -174,19 +176,35 @@ def node_ovs(node: NodeLayout) -> OvsSandbox:
     return OvsSandbox(node.ovs_rundir, netns=node.netns)
 
 
-def ensure_node_ovs(node: NodeLayout) -> OvsSandbox:
-    """The node's OVS, with `br-phy` holding the uplink and the node address on its internal
-    port: userspace tunnels find their route and neighbours through an OVS bridge only."""
+def ensure_node_ovs(node: NodeLayout, encap: str) -> OvsSandbox:
+    """The node's OVS, and the node's underlay address where the encap needs it: in tunnel
+    modes on `br-phy`, an OVS bridge holding the uplink (userspace tunnels route and resolve
+    neighbours only through addresses on OVS bridges); in routed mode on the uplink itself,
+    since the kernel routes between nodes."""
     ovs = node_ovs(node)
     ovs.start()
+    address = f"{node.address}/{node.underlay_prefixlen}"
+    if encap == "none":
+        host.ensure_address(node.netns, UPLINK, address)
+        return ovs
     ovs.vsctl(
         "--may-exist", "add-br", PHYS_BRIDGE,
         "--", "set", "bridge", PHYS_BRIDGE, "datapath_type=netdev",
         f"other_config:hwaddr={node.phys_mac}",
         "--", "--may-exist", "add-port", PHYS_BRIDGE, UPLINK,
     )  # fmt: skip
-    host.ensure_address(node.netns, PHYS_BRIDGE, f"{node.address}/{node.underlay_prefixlen}")
+    quiet_port(node.netns, UPLINK)
+    host.ensure_address(node.netns, PHYS_BRIDGE, address)
     return ovs
+
+
+def quiet_port(netns: str, ifname: str) -> None:
+    """Keep the kernel off a link that OVS owns: the kernel would otherwise answer ARP for the
+    node's address on it (with the link's own MAC, a second, wrong reply), forward what it
+    receives there, and chatter IPv6 neighbour discovery."""
+    host.sysctl(netns, f"net.ipv4.conf.{ifname}.arp_ignore", "8")
+    host.sysctl(netns, f"net.ipv4.conf.{ifname}.forwarding", "0")
+    host.sysctl(netns, f"net.ipv6.conf.{ifname}.disable_ipv6", "1")
 
 
 def node_object(spec: LabSpec, node: NodeLayout) -> dict[str, Any]:
@@ -230,7 +248,7 @@ def agent_config(layout: LabLayout, spec: LabSpec, node: NodeLayout) -> dict[str
         "ovs_rundir": str(node.ovs_rundir),
         "cni_socket": str(node.cni_socket),
         "ipam_data_dir": str(node.ipam_dir),
-        "transport_interface": PHYS_BRIDGE,
+        "transport_interface": UPLINK if spec.encap == "none" else PHYS_BRIDGE,
         "node_address": node.address,
         "health_bind_address": f"127.0.0.1:{HEALTH_PORT}",
         "log_level": "info",
