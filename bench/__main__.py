@@ -9,6 +9,7 @@ BENCHMARKS = {
     "flow-install": "bench.flow_install",
     "sync": "bench.sync",
     "cni": "bench.cni",
+    "lab": "bench.lab",
 }
 
 
