@@ -33,6 +33,7 @@ from controller.errors import ConfigError, PlumbError
 from controller.gateway import ensure_gateway_address
 from controller.health import HealthServer, ReadinessGates
 from controller.logs import install_signal_handlers, setup_logging
+from controller.nodes import NodeReconciler
 from controller.podflows import SwitchPodFlows
 from controller.sources.kube import KubeSource
 from controller.sources.manifests import ManifestsSource
@@ -79,6 +80,7 @@ class Agent:
         self.switch: Switch | None = None
         self.source: KubeSource | ManifestsSource | None = None
         self.podnet: PodNetwork | None = None
+        self.nodes: NodeReconciler | None = None
         self.cni_server: CniServer | None = None
 
     def start(self) -> None:
@@ -94,6 +96,7 @@ class Agent:
         node = local_node(self.store, self.config.node_name, gateway_mac)
         self._install_node(node)
         self._start_pod_network(node)
+        self._start_nodes(node)
         self._finish_round(previous)
         self.gates.set("network")
         self.network_ready.set()
@@ -105,6 +108,8 @@ class Agent:
             self.cni_server.stop()
         if self.source is not None:
             self.source.stop()
+        if self.nodes is not None:
+            self.nodes.stop()
         if self.switch is not None:
             self.switch.stop()
         if self.ovsdb is not None:
@@ -186,6 +191,23 @@ class Agent:
         netns_path = f"/run/netns/{self.netns}" if self.netns else None
         self.cni_server = CniServer(self.config.cni_socket, dispatcher, netns=netns_path)
         self.cni_server.start()
+
+    def _start_nodes(self, node: LocalNode) -> None:
+        """Peer nodes' flows (and routes) in this round, before the old round goes."""
+        assert self.switch is not None
+        self.nodes = NodeReconciler(
+            self.store,
+            self.switch,
+            node,
+            self.config.node_name,
+            self.config.tunnel_type,
+            self.round,
+            netns=self.netns,
+        )
+        self.nodes.start()
+        # Flows go in before routes: a route that keeps failing only delays this wait.
+        if not self.nodes.wait_idle(self.sync_timeout):
+            log.warning("peer nodes not all reconciled within %.0fs; retrying", self.sync_timeout)
 
     def _finish_round(self, previous: int | None) -> None:
         assert self.switch is not None and self.ovsdb is not None
