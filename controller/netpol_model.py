@@ -1,0 +1,1028 @@
+"""The NetworkPolicy model: NetworkPolicies, pods and namespaces in, rules for this node out.
+
+Pure (no I/O, no clock, no logging). Four parts:
+
+- parsing with validation (`parse_policy`): a policy the API server would refuse raises
+  `PolicyError` naming the policy and each offending field;
+- selection: label selectors, peers, named ports (`LabelSelector`, `pod_info`, `resolve_port`);
+- the incremental model (`PolicyModel`): fed object by object, it says which policies a change
+  affects and compiles one policy into `flows.policy.Rule`s for the local pods;
+- the verdict (`verdict`): would A reach B on port P, straight from the Kubernetes semantics and
+  independent of the compilation, so tests and `plumbctl explain` can compare against it.
+
+Semantics are the Kubernetes ones: a pod selected by a policy of a direction is isolated in that
+direction and only what a rule of such a policy allows passes; policies are a union; an absent
+or empty `from`/`to` means every peer, an absent or empty `ports` every port, while an empty
+`ingress`/`egress` list allows nothing; `policyTypes` defaults to Ingress, plus Egress when there
+are egress rules; named ports resolve on the destination pod (the target for ingress, the peer
+for egress), so one rule may resolve differently per pod. Host-network and finished pods, and
+pods without an address, are neither selected nor matched as peers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flows.policy import (
+    PROTOCOL_NUMBERS,
+    Direction,
+    IPBlock,
+    LocalTarget,
+    Peers,
+    PortRange,
+    Rule,
+    RuleKey,
+)
+
+PodKey = tuple[str, str]
+PolicyKey = tuple[str, str]
+Labels = Mapping[str, str]
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    field: str
+    message: str
+
+
+class PolicyError(ValueError):
+    """A NetworkPolicy that cannot be enforced; `problems` names every bad field."""
+
+    def __init__(self, policy: str, problems: Iterable[Problem]) -> None:
+        self.policy = policy
+        self.problems = tuple(problems)
+        text = "; ".join(f"{p.field}: {p.message}" for p in self.problems)
+        super().__init__(f"NetworkPolicy {policy}: {text}")
+
+
+# --- the parsed policy -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    key: str
+    operator: str
+    values: frozenset[str] = frozenset()
+
+    def matches(self, labels: Labels) -> bool:
+        if self.operator == "In":
+            return labels.get(self.key) in self.values
+        if self.operator == "NotIn":
+            return labels.get(self.key) not in self.values
+        if self.operator == "Exists":
+            return self.key in labels
+        return self.key not in labels
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSelector:
+    """matchLabels and matchExpressions, ANDed; the empty selector matches everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Labels) -> bool:
+        for key, value in self.match_labels:
+            if labels.get(key) != value:
+                return False
+        return all(r.matches(labels) for r in self.expressions)
+
+
+EVERYTHING = LabelSelector()
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """One `from`/`to` entry: selectors (either or both) or an ipBlock."""
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+# Egress rules with named ports and no `to` resolve on every pod: this peer stands for them.
+ALL_PODS = PeerSpec(EVERYTHING, EVERYTHING)
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    protocol: int
+    port: int | str | None = None
+    end_port: int | None = None
+
+    @property
+    def named(self) -> bool:
+        return isinstance(self.port, str)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One ingress or egress rule. `peers` None: every peer; `ports` empty: every port."""
+
+    peers: tuple[PeerSpec, ...] | None = None
+    ports: tuple[PortSpec, ...] = ()
+
+    @property
+    def named_ports(self) -> tuple[PortSpec, ...]:
+        return tuple(p for p in self.ports if p.named)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    namespace: str
+    name: str
+    uid: str
+    pod_selector: LabelSelector
+    types: frozenset[Direction]
+    ingress: tuple[RuleSpec, ...] = ()
+    egress: tuple[RuleSpec, ...] = ()
+
+    @property
+    def key(self) -> PolicyKey:
+        return (self.namespace, self.name)
+
+    def rules(self, direction: Direction) -> tuple[RuleSpec, ...]:
+        """The rules in force for `direction` (none unless policyTypes has it)."""
+        if direction not in self.types:
+            return ()
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+
+# --- parsing and validation ---------------------------------------------------------------------
+
+
+class _Checker:
+    """Collects problems while parsing so that one message names every bad field."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.fail(path, "must be an object")
+            return {}
+        return value
+
+    def sequence(self, value: Any, path: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(path, "must be a list")
+            return []
+        return value
+
+
+def parse_policy(obj: Mapping[str, Any]) -> PolicySpec:
+    """A NetworkPolicy object (Kubernetes JSON shape) as a PolicySpec; PolicyError if invalid."""
+    meta = obj.get("metadata") or {}
+    namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+    check = _Checker()
+    spec = check.mapping(obj.get("spec"), "spec")
+    pod_selector = _selector(check, spec.get("podSelector"), "spec.podSelector") or EVERYTHING
+    ingress = tuple(
+        _rule(check, raw, f"spec.ingress[{i}]", "from")
+        for i, raw in enumerate(check.sequence(spec.get("ingress"), "spec.ingress"))
+    )
+    egress = tuple(
+        _rule(check, raw, f"spec.egress[{i}]", "to")
+        for i, raw in enumerate(check.sequence(spec.get("egress"), "spec.egress"))
+    )
+    types = _policy_types(check, spec.get("policyTypes"), bool(egress))
+    if check.problems:
+        raise PolicyError(f"{namespace}/{name}", check.problems)
+    uid = str(meta.get("uid") or f"{namespace}/{name}")
+    return PolicySpec(namespace, name, uid, pod_selector, types, ingress, egress)
+
+
+def _policy_types(check: _Checker, raw: Any, has_egress: bool) -> frozenset[Direction]:
+    if raw is None or raw == []:
+        # The API server's defaulting: Ingress always, Egress when there are egress rules.
+        return frozenset({Direction.INGRESS} | ({Direction.EGRESS} if has_egress else set()))
+    types: set[Direction] = set()
+    for i, value in enumerate(check.sequence(raw, "spec.policyTypes")):
+        if value == "Ingress":
+            types.add(Direction.INGRESS)
+        elif value == "Egress":
+            types.add(Direction.EGRESS)
+        else:
+            check.fail(f"spec.policyTypes[{i}]", f"{value!r} is not Ingress or Egress")
+    return frozenset(types)
+
+
+def _rule(check: _Checker, raw: Any, path: str, peers_field: str) -> RuleSpec:
+    body = check.mapping(raw, path)
+    peers_raw = body.get(peers_field)
+    peers = None
+    if peers_raw:  # absent and [] both mean every peer
+        peers = tuple(
+            _peer(check, p, f"{path}.{peers_field}[{i}]")
+            for i, p in enumerate(check.sequence(peers_raw, f"{path}.{peers_field}"))
+        )
+    ports = tuple(
+        _port(check, p, f"{path}.ports[{i}]")
+        for i, p in enumerate(check.sequence(body.get("ports"), f"{path}.ports"))
+    )
+    return RuleSpec(peers, ports)
+
+
+def _peer(check: _Checker, raw: Any, path: str) -> PeerSpec:
+    body = check.mapping(raw, path)
+    pods = _selector(check, body.get("podSelector"), f"{path}.podSelector")
+    namespaces = _selector(check, body.get("namespaceSelector"), f"{path}.namespaceSelector")
+    block = None
+    if body.get("ipBlock") is not None:
+        block = _ip_block(check, body["ipBlock"], f"{path}.ipBlock")
+        if pods is not None or namespaces is not None:
+            check.fail(path, "ipBlock may not be combined with podSelector or namespaceSelector")
+    elif pods is None and namespaces is None:
+        check.fail(path, "must specify podSelector, namespaceSelector or ipBlock")
+    return PeerSpec(pods, namespaces, block)
+
+
+def _selector(check: _Checker, raw: Any, path: str) -> LabelSelector | None:
+    if raw is None:
+        return None
+    body = check.mapping(raw, path)
+    labels = check.mapping(body.get("matchLabels"), f"{path}.matchLabels")
+    pairs: list[tuple[str, str]] = []
+    for key, value in labels.items():
+        if not isinstance(value, str):
+            check.fail(f"{path}.matchLabels.{key}", f"{value!r} is not a string")
+        else:
+            pairs.append((str(key), value))
+    expressions = tuple(
+        _requirement(check, e, f"{path}.matchExpressions[{i}]")
+        for i, e in enumerate(
+            check.sequence(body.get("matchExpressions"), f"{path}.matchExpressions")
+        )
+    )
+    return LabelSelector(tuple(sorted(pairs)), expressions)
+
+
+def _requirement(check: _Checker, raw: Any, path: str) -> Requirement:
+    body = check.mapping(raw, path)
+    key, operator = body.get("key"), body.get("operator")
+    values = check.sequence(body.get("values"), f"{path}.values")
+    if not isinstance(key, str) or not key:
+        check.fail(f"{path}.key", "is required")
+    if operator not in OPERATORS:
+        check.fail(f"{path}.operator", f"{operator!r} is not one of {', '.join(OPERATORS)}")
+    elif operator in ("In", "NotIn") and not values:
+        check.fail(f"{path}.values", f"must be non-empty for {operator}")
+    elif operator in ("Exists", "DoesNotExist") and values:
+        check.fail(f"{path}.values", f"must be empty for {operator}")
+    if any(not isinstance(v, str) for v in values):
+        check.fail(f"{path}.values", "must be strings")
+    return Requirement(str(key), str(operator), frozenset(str(v) for v in values))
+
+
+def _ip_block(check: _Checker, raw: Any, path: str) -> IPBlock | None:
+    body = check.mapping(raw, path)
+    cidr = _network(check, body.get("cidr"), f"{path}.cidr")
+    excepts: list[str] = []
+    for i, text in enumerate(check.sequence(body.get("except"), f"{path}.except")):
+        hole = _network(check, text, f"{path}.except[{i}]")
+        if hole is None or cidr is None:
+            continue
+        if hole.version != cidr.version or not hole.subnet_of(cidr) or hole == cidr:  # type: ignore[arg-type]
+            check.fail(f"{path}.except[{i}]", f"{text!r} is not a strict subset of {cidr}")
+        else:
+            excepts.append(str(hole))
+    return IPBlock(str(cidr), tuple(excepts)) if cidr is not None else None
+
+
+def _network(
+    check: _Checker, text: Any, path: str
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    if not isinstance(text, str) or "/" not in text:
+        check.fail(path, f"{text!r} is not a CIDR")
+        return None
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        check.fail(path, f"{text!r} is not a CIDR")
+        return None
+
+
+def _port(check: _Checker, raw: Any, path: str) -> PortSpec:
+    body = check.mapping(raw, path)
+    name = body.get("protocol", "TCP")
+    protocol = PROTOCOL_NUMBERS.get(name) if isinstance(name, str) else None
+    if protocol is None:
+        check.fail(f"{path}.protocol", f"{name!r} is not TCP, UDP or SCTP")
+    port, end_port = body.get("port"), body.get("endPort")
+    if isinstance(port, bool) or not (port is None or isinstance(port, int | str)):
+        check.fail(f"{path}.port", f"{port!r} is not a port number or name")
+        port = None
+    elif isinstance(port, int) and not 1 <= port <= 65535:
+        check.fail(f"{path}.port", f"{port} is outside 1..65535")
+    elif isinstance(port, str):
+        _check_port_name(check, port, f"{path}.port")
+    if end_port is not None:
+        _check_end_port(check, port, end_port, f"{path}.endPort")
+    return PortSpec(protocol or 0, port, end_port if isinstance(end_port, int) else None)
+
+
+def _check_port_name(check: _Checker, name: str, path: str) -> None:
+    if len(name) > 15:
+        check.fail(path, f"port name {name!r} is longer than 15 characters")
+    elif not _SVC_NAME.match(name) or "--" in name or not re.search("[a-z]", name):
+        check.fail(
+            path,
+            f"port name {name!r} is not an IANA_SVC_NAME "
+            "(lowercase letters, digits and single hyphens inside, at least one letter)",
+        )
+
+
+def _check_end_port(check: _Checker, port: Any, end_port: Any, path: str) -> None:
+    if isinstance(end_port, bool) or not isinstance(end_port, int):
+        check.fail(path, f"{end_port!r} is not a port number")
+    elif not isinstance(port, int):
+        check.fail(path, "endPort needs a numeric port")
+    elif not 1 <= end_port <= 65535:
+        check.fail(path, f"{end_port} is outside 1..65535")
+    elif end_port < port:
+        check.fail(path, f"{end_port} is below port {port}")
+
+
+# --- pods ---------------------------------------------------------------------------------------
+
+NamedPort = tuple[str, int, int]  # (name, protocol, container port)
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """What policies read of a pod. `local` is set for pods attached to this node's bridge."""
+
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ip: str | None = None
+    named_ports: tuple[NamedPort, ...] = ()
+    host_network: bool = False
+    finished: bool = False
+    local: LocalTarget | None = None
+
+    @property
+    def key(self) -> PodKey:
+        return (self.namespace, self.name)
+
+    @property
+    def selectable(self) -> bool:
+        """Policies select it and match it as a peer (it has its own pod-network address)."""
+        return self.ip is not None and not self.host_network and not self.finished
+
+
+def pod_info(obj: Mapping[str, Any]) -> PodInfo:
+    """A pod object (store's slim shape) as PodInfo."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    return PodInfo(
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta.get("name") or ""),
+        labels=labels,
+        ip=_pod_ipv4(status),
+        named_ports=tuple(_named_ports(spec)),
+        host_network=bool(spec.get("hostNetwork")),
+        finished=status.get("phase") in _TERMINAL_PHASES,
+    )
+
+
+def _pod_ipv4(status: Mapping[str, Any]) -> str | None:
+    candidates = [p.get("ip") for p in status.get("podIPs") or ()] + [status.get("podIP")]
+    for text in candidates:
+        if isinstance(text, str) and text:
+            try:
+                if ipaddress.ip_address(text).version == 4:
+                    return text
+            except ValueError:
+                continue
+    return None
+
+
+def _named_ports(spec: Mapping[str, Any]) -> Iterator[NamedPort]:
+    for container in [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())]:
+        for port in container.get("ports") or ():
+            name, number = port.get("name"), port.get("containerPort")
+            protocol = PROTOCOL_NUMBERS.get(port.get("protocol") or "TCP")
+            if name and isinstance(number, int) and protocol is not None:
+                yield (str(name), protocol, number)
+
+
+def resolve_port(pod: PodInfo, name: str, protocol: int) -> int | None:
+    """The container port called `name` with `protocol` on `pod`, if any."""
+    for port_name, port_protocol, number in pod.named_ports:
+        if port_name == name and port_protocol == protocol:
+            return number
+    return None
+
+
+def _resolution(pod: PodInfo, named: tuple[PortSpec, ...]) -> frozenset[PortRange]:
+    ports: set[PortRange] = set()
+    for spec in named:
+        number = resolve_port(pod, str(spec.port), spec.protocol)
+        if number is not None:
+            ports.add(PortRange(spec.protocol, number, number))
+    return frozenset(ports)
+
+
+def resolution_group(ports: frozenset[PortRange]) -> str:
+    """A stable name for one named-port resolution (part of the rule's conjunction key)."""
+    return ",".join(f"{p.protocol}:{p.lo}" for p in sorted(ports))
+
+
+def namespace_labels(name: str, labels: Labels | None) -> dict[str, str]:
+    """A namespace's labels with the one the API server always sets (its name)."""
+    return {**(labels or {}), NAMESPACE_NAME_LABEL: name}
+
+
+def peer_selects(peer: PeerSpec, policy_namespace: str, pod: PodInfo, ns_labels: Labels) -> bool:
+    """True when a selector peer matches `pod` (ipBlock peers never select pods)."""
+    if peer.ip_block is not None or not pod.selectable:
+        return False
+    if peer.namespace_selector is None:
+        if pod.namespace != policy_namespace:
+            return False
+    elif not peer.namespace_selector.matches(ns_labels):
+        return False
+    return peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
+
+
+def block_contains(block: IPBlock, ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    if address not in ipaddress.ip_network(block.cidr):
+        return False
+    return not any(address in ipaddress.ip_network(hole) for hole in block.excepts)
+
+
+# --- the incremental model ---------------------------------------------------------------------
+
+PeerId = tuple[Direction, int, int]  # (direction, rule index, peer index; -1 for ALL_PODS)
+
+
+@dataclass(slots=True)
+class _PeerState:
+    peer: PeerSpec
+    namespaces: set[str] | None  # namespaces it can match; None: all
+    members: set[PodKey] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _PolicyState:
+    spec: PolicySpec
+    targets: set[PodKey] = field(default_factory=set)
+    peers: dict[PeerId, _PeerState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicy:
+    """One policy's rules on this node, the local pods it isolates, and its local targets."""
+
+    key: PolicyKey
+    rules: tuple[Rule, ...]
+    isolated: Mapping[Direction, frozenset[LocalTarget]]
+    targets: tuple[PodKey, ...]
+
+
+class PolicyModel:
+    """Pods, namespaces and policies, with each policy's selected pods kept up to date.
+
+    Every `set_*` returns the keys of the policies whose rules may have changed; `compile`
+    turns one of them into rules. A change costs what it touches: a pod is checked against the
+    policies of its namespace and those whose namespace selectors can reach it, a namespace
+    against the policies with namespace selectors, a policy against the pods in its scope.
+    """
+
+    def __init__(self) -> None:
+        self._store_pods: dict[PodKey, PodInfo] = {}
+        self._local: dict[PodKey, LocalTarget] = {}
+        self._pods: dict[PodKey, PodInfo] = {}  # store info merged with the local attachment
+        self._pods_by_ns: dict[str, set[PodKey]] = {}
+        self._ns_labels: dict[str, dict[str, str]] = {}
+        self._policies: dict[PolicyKey, _PolicyState] = {}
+        self._errors: dict[PolicyKey, PolicyError] = {}
+        self._by_namespace: dict[str, set[PolicyKey]] = {}
+        self._ns_watchers: dict[str, set[PolicyKey]] = {}  # via namespace selectors
+        self._all_ns_watchers: set[PolicyKey] = set()  # ALL_PODS peers
+        self._ns_selecting: set[PolicyKey] = set()
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def policy_keys(self) -> list[PolicyKey]:
+        return sorted(self._policies.keys() | self._errors.keys())
+
+    def spec(self, key: PolicyKey) -> PolicySpec | None:
+        state = self._policies.get(key)
+        return state.spec if state is not None else None
+
+    def error(self, key: PolicyKey) -> PolicyError | None:
+        return self._errors.get(key)
+
+    def pod(self, key: PodKey) -> PodInfo | None:
+        return self._pods.get(key)
+
+    def world(self) -> World:
+        """Everything the verdict needs, as of now."""
+        namespaces = {ns: self.labels_of(ns) for ns in self._ns_labels.keys() | self._pods_by_ns}
+        specs = tuple(state.spec for state in self._policies.values())
+        return World(specs, dict(self._pods), namespaces)
+
+    def labels_of(self, namespace: str) -> dict[str, str]:
+        return namespace_labels(namespace, self._ns_labels.get(namespace))
+
+    # --- namespaces --------------------------------------------------------------------------
+
+    def set_namespace(self, name: str, labels: Labels | None) -> set[PolicyKey]:
+        """A namespace appeared, changed labels (labels given) or went away (None)."""
+        old = self._ns_labels.get(name)
+        if labels is None:
+            self._ns_labels.pop(name, None)
+        else:
+            self._ns_labels[name] = dict(labels)
+        if old == self._ns_labels.get(name):
+            return set()
+        return self._namespace_changed(name)
+
+    def _namespace_changed(self, name: str) -> set[PolicyKey]:
+        labels = self.labels_of(name)
+        dirty: set[PolicyKey] = set()
+        for key in self._ns_selecting:
+            state = self._policies[key]
+            for peer_state in state.peers.values():
+                selector = peer_state.peer.namespace_selector
+                if peer_state.namespaces is None or selector is None:
+                    continue
+                if self._move_namespace(key, state, peer_state, name, selector.matches(labels)):
+                    dirty.add(key)
+        return dirty
+
+    def _move_namespace(
+        self,
+        key: PolicyKey,
+        state: _PolicyState,
+        peer_state: _PeerState,
+        namespace: str,
+        selected: bool,
+    ) -> bool:
+        assert peer_state.namespaces is not None
+        if selected == (namespace in peer_state.namespaces):
+            return False
+        if selected:
+            peer_state.namespaces.add(namespace)
+            self._ns_watchers.setdefault(namespace, set()).add(key)
+        else:
+            peer_state.namespaces.discard(namespace)
+            self._unwatch_if_unused(key, state, namespace)
+        before = set(peer_state.members)
+        peer_state.members = {m for m in peer_state.members if m[0] != namespace}
+        if selected:
+            peer_state.members.update(self._members_in(state.spec, peer_state.peer, namespace))
+        return before != peer_state.members
+
+    def _unwatch_if_unused(self, key: PolicyKey, state: _PolicyState, namespace: str) -> None:
+        if any(
+            p.namespaces is not None and namespace in p.namespaces for p in state.peers.values()
+        ):
+            return
+        watchers = self._ns_watchers.get(namespace)
+        if watchers is not None:
+            watchers.discard(key)
+            if not watchers:
+                del self._ns_watchers[namespace]
+
+    # --- pods --------------------------------------------------------------------------------
+
+    def set_pod(self, key: PodKey, info: PodInfo | None) -> set[PolicyKey]:
+        """A pod from the store: added or changed (info given) or deleted (None)."""
+        if info is None:
+            self._store_pods.pop(key, None)
+        else:
+            self._store_pods[key] = info
+        return self._refresh_pod(key)
+
+    def set_local_pods(self, local: Mapping[PodKey, LocalTarget]) -> set[PolicyKey]:
+        """The pods attached to this node's bridge, with their ports and addresses."""
+        changed = {
+            k for k in local.keys() | self._local.keys() if local.get(k) != self._local.get(k)
+        }
+        self._local = dict(local)
+        dirty: set[PolicyKey] = set()
+        for key in changed:
+            dirty |= self._refresh_pod(key)
+        return dirty
+
+    def _refresh_pod(self, key: PodKey) -> set[PolicyKey]:
+        old = self._pods.get(key)
+        new = self._effective(key)
+        if old == new:
+            return set()
+        namespace = key[0]
+        if new is None:
+            del self._pods[key]
+            members = self._pods_by_ns.get(namespace, set())
+            members.discard(key)
+            if not members:
+                self._pods_by_ns.pop(namespace, None)
+        else:
+            self._pods[key] = new
+            if namespace not in self._pods_by_ns and namespace not in self._ns_labels:
+                self._pods_by_ns[namespace] = set()
+                self._namespace_changed(namespace)  # first sight of a namespace without object
+            self._pods_by_ns.setdefault(namespace, set()).add(key)
+        dirty: set[PolicyKey] = set()
+        for policy in self._candidates(namespace):
+            if self._apply_pod(self._policies[policy], key, old, new):
+                dirty.add(policy)
+        return dirty
+
+    def _effective(self, key: PodKey) -> PodInfo | None:
+        info = self._store_pods.get(key)
+        local = self._local.get(key)
+        if info is None or local is None:
+            return info
+        return PodInfo(
+            info.namespace,
+            info.name,
+            info.labels,
+            local.ip,
+            info.named_ports,
+            info.host_network,
+            info.finished,
+            local,
+        )
+
+    def _candidates(self, namespace: str) -> set[PolicyKey]:
+        return (
+            self._by_namespace.get(namespace, set())
+            | self._ns_watchers.get(namespace, set())
+            | self._all_ns_watchers
+        )
+
+    def _apply_pod(
+        self, state: _PolicyState, key: PodKey, old: PodInfo | None, new: PodInfo | None
+    ) -> bool:
+        """Move the pod in or out of the policy's targets and peers; True if anything changed."""
+        changed = _set_member(state.targets, key, self._is_target(state.spec, new), old != new)
+        labels = self.labels_of(key[0])
+        for peer_state in state.peers.values():
+            member = new is not None and self._peer_member(state.spec, peer_state, new, labels)
+            changed |= _set_member(peer_state.members, key, member, old != new)
+        return changed
+
+    @staticmethod
+    def _is_target(spec: PolicySpec, pod: PodInfo | None) -> bool:
+        return (
+            pod is not None
+            and pod.local is not None
+            and pod.selectable
+            and pod.namespace == spec.namespace
+            and spec.pod_selector.matches(pod.labels)
+        )
+
+    @staticmethod
+    def _peer_member(
+        spec: PolicySpec, peer_state: _PeerState, pod: PodInfo, labels: Labels
+    ) -> bool:
+        if peer_state.namespaces is not None and pod.namespace not in peer_state.namespaces:
+            return False
+        return peer_selects(peer_state.peer, spec.namespace, pod, labels)
+
+    # --- policies ----------------------------------------------------------------------------
+
+    def set_policy(self, key: PolicyKey, obj: Mapping[str, Any] | None) -> set[PolicyKey]:
+        """A policy added or changed (its object) or deleted (None).
+
+        An invalid policy is recorded (see `error`) and raises nothing: a policy that never
+        parsed has no effect, and one that turns invalid keeps its last valid version in force,
+        as a manifests directory keeps a bad file's last good content.
+        """
+        if obj is None:
+            self._errors.pop(key, None)
+            self._drop_policy(key)
+            return {key}
+        try:
+            spec = parse_policy(obj)
+        except PolicyError as exc:
+            self._errors[key] = exc
+            return {key}
+        self._errors.pop(key, None)
+        self._drop_policy(key)
+        self._add_policy(key, spec)
+        return {key}
+
+    def _drop_policy(self, key: PolicyKey) -> None:
+        state = self._policies.pop(key, None)
+        if state is None:
+            return
+        self._by_namespace[key[0]].discard(key)
+        for peer_state in state.peers.values():
+            for namespace in peer_state.namespaces or ():
+                watchers = self._ns_watchers.get(namespace)
+                if watchers is not None:
+                    watchers.discard(key)
+                    if not watchers:
+                        del self._ns_watchers[namespace]
+        self._all_ns_watchers.discard(key)
+        self._ns_selecting.discard(key)
+
+    def _add_policy(self, key: PolicyKey, spec: PolicySpec) -> None:
+        state = _PolicyState(spec)
+        self._policies[key] = state
+        self._by_namespace.setdefault(spec.namespace, set()).add(key)
+        for pod_key in self._pods_by_ns.get(spec.namespace, ()):
+            if self._is_target(spec, self._pods[pod_key]):
+                state.targets.add(pod_key)
+        for peer_id, peer in _selector_peers(spec):
+            state.peers[peer_id] = self._new_peer_state(key, spec, peer)
+
+    def _new_peer_state(self, key: PolicyKey, spec: PolicySpec, peer: PeerSpec) -> _PeerState:
+        if peer is ALL_PODS:
+            self._all_ns_watchers.add(key)
+            namespaces = None
+            scope: Iterable[str] = list(self._pods_by_ns)
+        elif peer.namespace_selector is None:
+            namespaces = {spec.namespace}
+            scope = namespaces
+        else:
+            self._ns_selecting.add(key)
+            selector = peer.namespace_selector
+            known = self._ns_labels.keys() | self._pods_by_ns.keys()
+            namespaces = {ns for ns in known if selector.matches(self.labels_of(ns))}
+            for namespace in namespaces:
+                self._ns_watchers.setdefault(namespace, set()).add(key)
+            scope = namespaces
+        state = _PeerState(peer, namespaces)
+        for namespace in scope:
+            state.members.update(self._members_in(spec, peer, namespace))
+        return state
+
+    def _members_in(self, spec: PolicySpec, peer: PeerSpec, namespace: str) -> Iterator[PodKey]:
+        labels = self.labels_of(namespace)
+        for pod_key in self._pods_by_ns.get(namespace, ()):
+            if peer_selects(peer, spec.namespace, self._pods[pod_key], labels):
+                yield pod_key
+
+    # --- compilation -------------------------------------------------------------------------
+
+    def compile(self, key: PolicyKey) -> CompiledPolicy:
+        """The policy's rules for the local pods it selects (none when it is absent/invalid)."""
+        state = self._policies.get(key)
+        if state is None:
+            return CompiledPolicy(key, (), {}, ())
+        spec = state.spec
+        targets = [self._pods[k] for k in sorted(state.targets)]
+        locals_ = frozenset(p.local for p in targets if p.local is not None)
+        rules: list[Rule] = []
+        if locals_:
+            for direction in (Direction.INGRESS, Direction.EGRESS):
+                for index, rule in enumerate(spec.rules(direction)):
+                    rules.extend(self._rule(state, direction, index, rule, targets, locals_))
+        isolated = {d: locals_ for d in spec.types}
+        return CompiledPolicy(key, tuple(rules), isolated, tuple(sorted(state.targets)))
+
+    def _rule(
+        self,
+        state: _PolicyState,
+        direction: Direction,
+        index: int,
+        rule: RuleSpec,
+        targets: list[PodInfo],
+        locals_: frozenset[LocalTarget],
+    ) -> Iterator[Rule]:
+        spec = state.spec
+
+        def key(group: str = "") -> RuleKey:
+            return RuleKey(spec.uid, direction, index, group)
+
+        peers = self._peers(state, direction, index, rule)
+        numeric = frozenset(
+            PortRange(p.protocol, p.port, p.end_port or p.port)
+            if isinstance(p.port, int)
+            else PortRange(p.protocol)
+            for p in rule.ports
+            if not p.named
+        )
+        if not rule.ports:
+            yield Rule(key(), locals_, peers, None)
+        elif numeric:
+            yield Rule(key(), locals_, peers, numeric)
+        named = rule.named_ports
+        if not named:
+            return
+        if direction is Direction.INGRESS:
+            # Named ports resolve on the target: pods that resolve alike share one rule.
+            by_target: dict[frozenset[PortRange], set[LocalTarget]] = {}
+            for pod in targets:
+                if pod.local is not None:
+                    by_target.setdefault(_resolution(pod, named), set()).add(pod.local)
+            for ports, group in sorted(by_target.items(), key=lambda kv: resolution_group(kv[0])):
+                if ports:
+                    yield Rule(key(resolution_group(ports)), frozenset(group), peers, ports)
+            return
+        # Egress: named ports resolve on the peer; ipBlock peers have no ports to resolve.
+        by_peer: dict[frozenset[PortRange], set[str]] = {}
+        for pod_key in self._selected_peers(state, direction, index):
+            pod = self._pods[pod_key]
+            if pod.ip is not None:
+                by_peer.setdefault(_resolution(pod, named), set()).add(pod.ip)
+        for ports, ips in sorted(by_peer.items(), key=lambda kv: resolution_group(kv[0])):
+            if ports:
+                yield Rule(key(resolution_group(ports)), locals_, Peers(frozenset(ips)), ports)
+
+    def _peers(
+        self, state: _PolicyState, direction: Direction, index: int, rule: RuleSpec
+    ) -> Peers | None:
+        if rule.peers is None:
+            return None
+        ips = {
+            ip
+            for pod_key in self._selected_peers(state, direction, index)
+            if (ip := self._pods[pod_key].ip) is not None
+        }
+        blocks = frozenset(p.ip_block for p in rule.peers if p.ip_block is not None)
+        return Peers(frozenset(ips), blocks)
+
+    @staticmethod
+    def _selected_peers(state: _PolicyState, direction: Direction, index: int) -> set[PodKey]:
+        members: set[PodKey] = set()
+        for (peer_direction, peer_index, _), peer_state in state.peers.items():
+            if peer_direction is direction and peer_index == index:
+                members |= peer_state.members
+        return members
+
+
+def _set_member(members: set[PodKey], key: PodKey, member: bool, pod_changed: bool) -> bool:
+    """Add or remove `key`; True if membership changed or a member's attributes did."""
+    was = key in members
+    if member and not was:
+        members.add(key)
+    elif was and not member:
+        members.discard(key)
+    return was != member or (member and pod_changed)
+
+
+def _selector_peers(spec: PolicySpec) -> Iterator[tuple[PeerId, PeerSpec]]:
+    """The peers whose pods must be tracked (selector peers; ALL_PODS for egress rules with
+    named ports and no `to`, whose ports resolve on every pod)."""
+    for direction in (Direction.INGRESS, Direction.EGRESS):
+        for index, rule in enumerate(spec.rules(direction)):
+            if rule.peers is None:
+                if direction is Direction.EGRESS and rule.named_ports:
+                    yield (direction, index, -1), ALL_PODS
+                continue
+            for peer_index, peer in enumerate(rule.peers):
+                if peer.ip_block is None:
+                    yield (direction, index, peer_index), peer
+
+
+# --- the verdict ---------------------------------------------------------------------------------
+
+Endpoint = PodKey | str  # a pod, or an IP address outside the pod network
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """Valid policies, pods and namespace labels: everything the verdict reads."""
+
+    policies: tuple[PolicySpec, ...]
+    pods: Mapping[PodKey, PodInfo]
+    namespaces: Mapping[str, Labels]
+
+    def labels_of(self, namespace: str) -> Labels:
+        return self.namespaces.get(namespace) or namespace_labels(namespace, None)
+
+    @classmethod
+    def of(
+        cls,
+        policies: Iterable[Mapping[str, Any]],
+        pods: Iterable[Mapping[str, Any]],
+        namespaces: Iterable[Mapping[str, Any]],
+    ) -> World:
+        """A world from Kubernetes objects; invalid policies are left out."""
+        specs = []
+        for obj in policies:
+            try:
+                specs.append(parse_policy(obj))
+            except PolicyError:
+                continue
+        infos = {info.key: info for info in map(pod_info, pods)}
+        labels = {}
+        for ns in namespaces:
+            meta = ns.get("metadata") or {}
+            labels[meta["name"]] = namespace_labels(meta["name"], meta.get("labels"))
+        return cls(tuple(specs), infos, labels)
+
+
+def verdict(
+    world: World, src: Endpoint, dst: Endpoint, protocol: str, port: int | None = None
+) -> bool:
+    """Would a new connection from `src` to `dst` (protocol TCP, UDP, SCTP or ICMP; port for
+    the first three) be allowed? Both ends' policies must agree; a pod always reaches itself."""
+    src_pod, src_ip = _resolve(world, src)
+    dst_pod, dst_ip = _resolve(world, dst)
+    if src_pod is not None and src_pod is dst_pod:
+        return True
+    if src_ip is None or dst_ip is None:
+        return False
+    proto = PROTOCOL_NUMBERS.get(protocol)
+    flow = _Flow(src_pod, src_ip, dst_pod, dst_ip, proto, port)
+    return _allowed(world, flow, Direction.EGRESS) and _allowed(world, flow, Direction.INGRESS)
+
+
+@dataclass(frozen=True, slots=True)
+class _Flow:
+    src_pod: PodInfo | None
+    src_ip: str
+    dst_pod: PodInfo | None
+    dst_ip: str
+    protocol: int | None
+    port: int | None
+
+
+def _resolve(world: World, endpoint: Endpoint) -> tuple[PodInfo | None, str | None]:
+    """(the pod if policies can see it, its address); a host-network pod is just an address."""
+    if not isinstance(endpoint, tuple):
+        return None, endpoint
+    pod = world.pods.get(endpoint)
+    if pod is None:
+        raise KeyError(f"no pod {endpoint[0]}/{endpoint[1]}")
+    return (pod if pod.selectable else None), pod.ip
+
+
+def _allowed(world: World, flow: _Flow, direction: Direction) -> bool:
+    subject = flow.src_pod if direction is Direction.EGRESS else flow.dst_pod
+    if subject is None:
+        return True  # not a pod on the pod network: no policy of that end applies
+    policies = [
+        p
+        for p in world.policies
+        if direction in p.types
+        and p.namespace == subject.namespace
+        and p.pod_selector.matches(subject.labels)
+    ]
+    if not policies:
+        return True
+    return any(
+        _rule_allows(world, policy, rule, flow, direction)
+        for policy in policies
+        for rule in policy.rules(direction)
+    )
+
+
+def _rule_allows(
+    world: World, policy: PolicySpec, rule: RuleSpec, flow: _Flow, direction: Direction
+) -> bool:
+    peer_pod, peer_ip = (
+        (flow.dst_pod, flow.dst_ip)
+        if direction is Direction.EGRESS
+        else (flow.src_pod, flow.src_ip)
+    )
+    if rule.peers is None:
+        by_selector, by_block = peer_pod is not None, True
+    else:
+        labels = world.labels_of(peer_pod.namespace) if peer_pod is not None else {}
+        by_selector = peer_pod is not None and any(
+            peer_selects(p, policy.namespace, peer_pod, labels) for p in rule.peers
+        )
+        by_block = any(
+            p.ip_block is not None and block_contains(p.ip_block, peer_ip) for p in rule.peers
+        )
+        if not (by_selector or by_block):
+            return False
+    if not rule.ports:
+        return True
+    # Named ports name the destination pod's ports; for egress only a pod the rule selected
+    # as a pod (not through an ipBlock) has ports to resolve.
+    resolvable = flow.dst_pod is not None and (direction is Direction.INGRESS or by_selector)
+    return any(_port_allows(p, flow, resolvable) for p in rule.ports)
+
+
+def _port_allows(spec: PortSpec, flow: _Flow, resolvable: bool) -> bool:
+    if flow.protocol is None or spec.protocol != flow.protocol or flow.port is None:
+        return False
+    if spec.port is None:
+        return True
+    if isinstance(spec.port, int):
+        return spec.port <= flow.port <= (spec.end_port or spec.port)
+    if not resolvable or flow.dst_pod is None:
+        return False
+    return resolve_port(flow.dst_pod, spec.port, spec.protocol) == flow.port
