@@ -10,6 +10,7 @@ BENCHMARKS = {
     "sync": "bench.sync",
     "cni": "bench.cni",
     "lab": "bench.lab",
+    "datapath": "bench.datapath",
 }
 
 
