@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -300,8 +301,6 @@ def _pythonpath() -> str:
 
 def agent_ready(node: NodeLayout) -> bool:
     """GET /readyz on the agent's health port, from inside the node's namespace."""
-    import socket
-
     try:
         sock = host.socket_in(node.netns, socket.AF_INET, socket.SOCK_STREAM)
     except OSError:
@@ -311,7 +310,10 @@ def agent_ready(node: NodeLayout) -> bool:
         try:
             sock.connect(("127.0.0.1", HEALTH_PORT))
             sock.sendall(b"GET /readyz HTTP/1.0\r\nHost: plumb\r\n\r\n")
-            return sock.recv(64).startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
+            reply = b""
+            while chunk := sock.recv(4096):  # to the end: a reset would be logged by the agent
+                reply += chunk
+            return reply.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
         except OSError:
             return False
 
@@ -328,7 +330,7 @@ def wait_agents_ready(
             if agent_ready(node):
                 del waiting[name]
                 progress(f"{name}: agent ready")
-            elif agent_pid(node) is None:
+            elif not _agent_running(node):
                 raise LabError(f"{name}: the agent exited\n{_log_tail(node.agent_log)}")
         if waiting and time.monotonic() > deadline:
             node = next(iter(waiting.values()))
@@ -338,6 +340,15 @@ def wait_agents_ready(
             )
         if waiting:
             time.sleep(0.05)
+
+
+def _agent_running(node: NodeLayout) -> bool:
+    """Whether the agent's recorded process is alive; no command-line check here, since a
+    process that has just been started may be between `ip netns exec` and Python."""
+    try:
+        return host.pid_alive(int(node.agent_pidfile.read_text()))
+    except (OSError, ValueError):
+        return False
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

@@ -151,13 +151,20 @@ def pid_matches(pid: int, marker: str) -> bool:
     """True while `pid` runs (not a zombie) and its command line contains `marker`."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return pid_alive(pid) and marker.encode() in cmdline
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie (its command line may be changing: during
+    an exec /proc/PID/cmdline can read empty)."""
+    try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
     # The state letter follows the parenthesised command name (which may hold spaces).
-    if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-        return False
-    return marker.encode() in cmdline
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def terminate(pid: int, marker: str, timeout: float = 5.0) -> None:
