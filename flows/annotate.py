@@ -283,7 +283,7 @@ def _owner_name(
     if category is Category.POLICY:
         if object_id:
             return rule_name(object_id, names)
-        return _shared_policy_name(_table_name(table), match_fields(match), actions, names)
+        return _shared_policy_name(table_name(table), match_fields(match), actions, names)
     return ""
 
 
@@ -292,7 +292,8 @@ def rule_name(conj_id: int, names: Names) -> str:
     return f"rule {conj_id}" + (f" ({known})" if known else "")
 
 
-def _table_name(table: str) -> str:
+def table_name(table: str) -> str:
+    """A table as printed (name or number) by its name when it is one of the pipeline's."""
     return TABLE_NAMES.get(int(table), table) if table.isdigit() else table
 
 
@@ -335,8 +336,8 @@ def current_round(flows: Iterable[DumpedFlow], round_: int) -> list[DumpedFlow]:
 
 def in_table(flows: Iterable[DumpedFlow], table: str) -> list[DumpedFlow]:
     """Flows of one table, given by name or number."""
-    wanted = _table_name(table)
-    return [f for f in flows if _table_name(f.table) == wanted]
+    wanted = table_name(table)
+    return [f for f in flows if table_name(f.table) == wanted]
 
 
 def of_pod(flows: Iterable[DumpedFlow], ofport: int, ip: str) -> list[DumpedFlow]:
@@ -372,7 +373,7 @@ def of_rules(
             object_id in conj_ids
             or any(c in conj_ids for c, _, _ in conjunctions(flow.actions))
             or (
-                _table_name(flow.table) == "IngressDefaultRule"
+                table_name(flow.table) == "IngressDefaultRule"
                 and "reg1" in fields
                 and int(fields["reg1"], 0) in ofports
             )
@@ -385,7 +386,7 @@ def flows_per_table(flows: Iterable[DumpedFlow]) -> dict[str, int]:
     """Flow counts per table, in pipeline order (unknown tables last)."""
     counts: dict[str, int] = {}
     for flow in flows:
-        name = _table_name(flow.table)
+        name = table_name(flow.table)
         counts[name] = counts.get(name, 0) + 1
     order = {name: t.id for name, t in TABLES.items()}
     return dict(sorted(counts.items(), key=lambda kv: (order.get(kv[0], 1 << 16), kv[0])))
@@ -416,7 +417,7 @@ def rule_views(flows: Iterable[DumpedFlow], names: Names | None = None) -> dict[
     for flow in flows:
         if (flow.cookie >> CATEGORY_SHIFT) & 0xFF != Category.POLICY:
             continue
-        table = _table_name(flow.table)
+        table = table_name(flow.table)
         for conj_id, clause, n in conjunctions(flow.actions):
             view = views.setdefault(conj_id, RuleView(conj_id))
             view.n_clauses = n

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from flows.pipeline import TABLES, pipeline_document
+from plumbctl.inspect import explain, flows, status, trace
 from plumbctl.lab import lab
 
 
@@ -73,6 +74,10 @@ def _install_pipeline() -> None:
 
 
 cli.add_command(lab)
+cli.add_command(flows)
+cli.add_command(trace)
+cli.add_command(explain)
+cli.add_command(status)
 
 
 def main() -> None:
