@@ -450,7 +450,7 @@ class TraceStep:
 
     @property
     def table(self) -> str:
-        """The table's name on Plumb's bridge, its number on any other."""
+        """The table's name in Plumb's pipeline (its number when it has none)."""
         return TABLE_NAMES.get(self.table_id, str(self.table_id))
 
     @property
@@ -601,15 +601,24 @@ class Verdict:
         return self.kind in ("delivered", "tunnelled", "gateway")
 
 
-def walk(passes: Sequence[TracePass], bridge: str) -> list[TraceStep]:
-    """The steps taken on Plumb's bridge, in order, across recirculations."""
+def traced_bridge(passes: Sequence[TracePass]) -> str:
+    """The bridge the trace started on (the one ofproto/trace was asked about)."""
+    return next((s.bridge for p in passes for s in p.steps), "")
+
+
+def walk(passes: Sequence[TracePass], bridge: str | None = None) -> list[TraceStep]:
+    """The steps taken on Plumb's bridge (default: the traced one), across recirculations."""
+    bridge = bridge or traced_bridge(passes)
     return [s for p in passes for s in p.steps if s.bridge == bridge]
 
 
-def verdict(passes: Sequence[TracePass], bridge: str, names: Names | None = None) -> Verdict:
+def verdict(
+    passes: Sequence[TracePass], bridge: str | None = None, names: Names | None = None
+) -> Verdict:
     """The last pass decides: an output on `bridge` delivers or tunnels, a drop names its
     table and owner (and, for default-rule drops, the policies that isolate the pod)."""
     names = names or Names()
+    bridge = bridge or traced_bridge(passes)
     steps = [s for s in passes[-1].steps if s.bridge == bridge]
     allowed = _allowed_by(walk(passes, bridge))
     if not steps:
