@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -19,9 +20,9 @@ from click.testing import CliRunner
 from controller.bridge import BridgeSettings, ensure_node_bridge
 from controller.switch import Switch
 from flows.cookie import Category, Cookie
+from flows.fields import IP_PROTO_TCP
 from flows.pod import LocalNode, PodPort, gateway_flows, pod_flows
 from flows.policy import (
-    IP_PROTO_TCP,
     Direction,
     LocalTarget,
     Peers,
@@ -110,8 +111,11 @@ def run(ovs, bridge: str, *args: str) -> str:
     return result.output
 
 
-def flows_json(ovs, bridge: str, *args: str) -> list[dict]:
-    return json.loads(run(ovs, bridge, "flows", "-o", "json", *args))["flows"]
+def flows_json(ovs, bridge: str, *args: str) -> list[dict[str, Any]]:
+    flows: list[dict[str, Any]] = json.loads(run(ovs, bridge, "flows", "-o", "json", *args))[
+        "flows"
+    ]
+    return flows
 
 
 def test_every_flow_is_annotated_with_its_owner_and_counters(ovs, bridge):
@@ -171,9 +175,10 @@ def no_stats_dump(ovs, bridge: str) -> list[str]:
     return sorted(line for line in out.splitlines() if line.strip())
 
 
-def trace_json(ovs, bridge: str, port: int) -> dict:
+def trace_json(ovs, bridge: str, port: int) -> dict[str, Any]:
     args = ("trace", "--from", "x/a", "--to", "x/b", "--port", str(port), "-o", "json")
-    return json.loads(run(ovs, bridge, *args))
+    result: dict[str, Any] = json.loads(run(ovs, bridge, *args))
+    return result
 
 
 def test_trace_of_an_allowed_packet_is_delivered_by_the_rule(ovs, bridge):

@@ -4,6 +4,7 @@ comparing the model's clause flows with a captured dump (tests/unit/fixtures/ins
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from flows import annotate
 from flows.policy import LocalTarget
@@ -12,7 +13,7 @@ from plumbctl import intent
 FIXTURES = Path(__file__).parent / "fixtures" / "inspect"
 
 
-def pod(name: str, ip: str, app: str) -> dict:
+def pod(name: str, ip: str, app: str) -> dict[str, Any]:
     return {
         "kind": "Pod",
         "metadata": {"namespace": "x", "name": name, "labels": {"app": app}},
