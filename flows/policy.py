@@ -553,6 +553,14 @@ class PolicyFlows:
         realised = self._rules.get(key)
         return realised is not None and bool(realised.contributions)
 
+    def contexts(self) -> Mapping[ClauseKey, Mapping[int, Clause]]:
+        """Every clause key with its conjunction actions (conj id -> clause): read-only."""
+        return self._contexts
+
+    def isolated_keys(self) -> set[ClauseKey]:
+        """The drop keys in force (IngressDefaultRule target, EgressDefaultRule source)."""
+        return set(self._isolation)
+
     def all_flows(self) -> list[Flow]:
         return [f for owner in sorted(self.owners()) for f in self.owner_flows(owner)]
 
