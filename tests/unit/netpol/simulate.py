@@ -60,14 +60,14 @@ def _key_matches(key: ClauseKey, pkt: Packet) -> bool:
     if kind == "any":
         return True
     if kind == "target":
-        return pkt.dst_ofport == value
+        return bool(pkt.dst_ofport == value)
     if kind == "source":
-        return pkt.src_ip == value
+        return bool(pkt.src_ip == value)
     if kind == "peer":
         net, prefix = value
         address = pkt.src_ip if table == "IngressRule" else pkt.dst_ip
         mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF if prefix else 0
-        return address & mask == net
+        return bool(address & mask == net)
     proto, port, mask = value
     if proto != pkt.protocol:
         return False

@@ -5,6 +5,7 @@ compiled flows decide exactly what the verdict decides."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -196,14 +197,14 @@ def _endpoints(w: RandomWorld):
 def _node_of(w: RandomWorld, key) -> str | None:
     for obj in w.pods:
         if (obj["metadata"]["namespace"], obj["metadata"]["name"]) == key:
-            return obj["spec"]["nodeName"]
+            return str(obj["spec"]["nodeName"])
     return None
 
 
 def flows_decide(w: RandomWorld, states, ports, src, dst, protocol, port) -> bool:
     infos = {pod_info(p).key: pod_info(p) for p in w.pods}
-    src_ip = infos[src].ip if isinstance(src, tuple) else src
-    dst_ip = infos[dst].ip if isinstance(dst, tuple) else dst
+    src_ip = str(infos[src].ip) if isinstance(src, tuple) else src
+    dst_ip = str(infos[dst].ip) if isinstance(dst, tuple) else dst
     allowed = True
     src_node, dst_node = _node_of(w, src), _node_of(w, dst)
     if src_node is not None:
@@ -253,8 +254,9 @@ def _apply_all(
     """Feed `w` as events in a random order; objects equal to their `before` version are not
     sent again (the store drops such no-op updates too)."""
     seen = [] if before is None else [*before.namespaces, *before.pods, *before.policies]
-    events = [("ns", ns) for ns in w.namespaces] + [("pod", p) for p in w.pods]
-    events += [("policy", p) for p in w.policies] + [("local", None)] + list(deleted)
+    events: list[tuple[str, Any]] = [("ns", ns) for ns in w.namespaces]
+    events += [("pod", p) for p in w.pods] + [("policy", p) for p in w.policies]
+    events += [("local", None), *deleted]
     events = [(kind, obj) for kind, obj in events if obj is None or obj not in seen]
     order.shuffle(events)
     dirty = set()

@@ -22,7 +22,7 @@ def world(*policies) -> World:
     return World.of(policies, PODS, NAMESPACES)
 
 
-def reach(w: World, src, dst, port: int = 80, protocol: str = "TCP") -> bool:
+def reach(w: World, src, dst, port: int | None = 80, protocol: str = "TCP") -> bool:
     return verdict(w, src, dst, protocol, port)
 
 
