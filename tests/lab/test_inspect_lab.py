@@ -109,12 +109,13 @@ def test_explain_all_finds_no_mismatch_then_a_planted_one(lab: Lab) -> None:
     assert clean["mismatches"] == 0, [r for r in clean["results"] if not r["agree"]]
     denied = [r for r in clean["results"] if not r["model"]["allowed"]]
     assert len(denied) == 3  # db->web 80 and 81, client->web 81
-    # Plant one: web's isolation drop on node2, deleted by hand.
+    # Plant one: web's isolation drop on node2, deleted by hand (exactly that flow).
+    flows = as_json(lab, "flows", "--node", "node2", "--table", "IngressDefaultRule")["flows"]
+    drop = next(f for f in flows if f["owner"]["name"] == "ingress isolation of demo/web")
     mgmt = str(lab.layout.node_by_name("node2").ovs_rundir / "br-int.mgmt")
-    table = "table=IngressDefaultRule,priority=200"
-    subprocess.run(
-        ["ovs-ofctl", "-O", "OpenFlow15", "--names", "del-flows", mgmt, table], check=True
-    )
+    strict = f"table=IngressDefaultRule,priority={drop['priority']},{drop['match']}"
+    ofctl = ["ovs-ofctl", "-O", "OpenFlow15", "--names", "--strict", "del-flows", mgmt, strict]
+    subprocess.run(ofctl, check=True)
     planted = as_json(lab, "explain", "--all", "--ports", "80,81", check=False)
     wrong = {(r["from"], r["to"], r["port"]) for r in planted["results"] if not r["agree"]}
     assert wrong == {
