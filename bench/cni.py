@@ -30,7 +30,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cni.ipam import HostLocalIpam
+from cni.ipam import NodeIpam
 from cni.netns import in_netns, open_netns
 from cni.podnet import PodNetConfig, PodNetwork
 from cni.server import CniDispatcher, CniServer
@@ -114,7 +114,7 @@ def plumb_node(workdir: Path, prefix: str) -> Iterator[tuple[CniServer, str]]:
             PodNetConfig(bridge=bridge, mtu=1450, tx_checksum_off=True),
             client,
             SwitchPodFlows(switch, local, 1),
-            HostLocalIpam(PLUMB_CIDR, data_dir=str(workdir / "ipam")),
+            NodeIpam(PLUMB_CIDR, data_dir=str(workdir / "ipam")),
         )
         ready = threading.Event()
         ready.set()

@@ -27,7 +27,7 @@ from typing import Any, Final, NamedTuple
 SUPPORTED_VERSIONS: Final = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 CURRENT_VERSION: Final = "1.1.0"
 PLUGIN_TYPE: Final = "plumb"
-DEFAULT_IPAM: Final = "host-local"
+DEFAULT_IPAM: Final = "plumb"  # the agent's own allocator (cni.ipstore)
 
 # GC's list of live attachments: the key was renamed after the v1.1.0 tag; libcni sends both.
 VALID_ATTACHMENTS_KEY: Final = "cni.dev/valid-attachments"
@@ -588,7 +588,7 @@ def _prev_result(config: Mapping[str, Any]) -> Result | None:
 def _ipam_section(config: Mapping[str, Any]) -> dict[str, Any]:
     raw = config.get("ipam")
     if raw is None:
-        # The agent owns the node's range; a conflist without `ipam` gets host-local.
+        # The agent owns the node's range; a conflist without `ipam` gets its allocator.
         return {"type": DEFAULT_IPAM}
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or not raw["type"]:
         raise CniError(

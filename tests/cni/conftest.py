@@ -1,6 +1,9 @@
-"""A node for CNI tests: a private OVS (userspace datapath), a bridge, host-local IPAM in a temp
+"""A node for CNI tests: a private OVS (userspace datapath), a bridge, the node's IPAM with a temp
 dataDir, the pod network and the CNI server in-process on a temp socket; calls go through the
 REAL `cni/plumb` executable with the CNI environment and stdin, as a runtime makes them.
+
+The network config has no `ipam` section (the agent's own allocator) unless a test sets
+`node.ipam_conf`; the `any_ipam` fixture runs a test with the allocator and with host-local.
 
 Everything is named from one random prefix per test (netns, pods, containers, veths, bridge), and
 torn down by those names; nothing else on the machine is touched.
@@ -25,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from cni.ipam import HostLocalIpam
+from cni.ipam import NodeIpam
 from cni.netns import host_links_with_suffix, in_netns
 from cni.podnet import PodInterface, PodNetConfig, PodNetwork
 from cni.server import CniDispatcher, CniServer
@@ -81,7 +84,8 @@ class FlowFault(Exception):
 class OfctlPodFlows:
     """A small real PodFlows for these tests (the agent's pipeline is the lead's): per pod, two
     flows on the real bridge (from the pod's port and MAC: NORMAL; to its MAC: its port),
-    tagged with a cookie per ofport. Faults can be injected."""
+    tagged with a cookie per ofport; installing again replaces them, as the protocol asks.
+    Faults can be injected."""
 
     def __init__(self, ovs: Any, bridge: str) -> None:
         self.ovs = ovs
@@ -89,6 +93,7 @@ class OfctlPodFlows:
         self.fail_install: Exception | None = None
         self.fail_remove: set[str] = set()  # container ids whose flows refuse to go
         self.installed: list[str] = []
+        self._cookies: dict[str, str] = {}  # owner -> cookie of its flows
 
     @staticmethod
     def cookie(iface: PodInterface) -> str:
@@ -98,6 +103,10 @@ class OfctlPodFlows:
         if self.fail_install is not None:
             raise self.fail_install
         c = self.cookie(iface)
+        previous = self._cookies.get(iface.owner)
+        if previous is not None and previous != c:
+            self.ovs.ofctl("del-flows", self.bridge, f"cookie={previous}/-1")
+        self._cookies[iface.owner] = c
         self.ovs.ofctl(
             "add-flow",
             self.bridge,
@@ -114,6 +123,7 @@ class OfctlPodFlows:
         if iface.container_id in self.fail_remove:
             raise FlowFault(f"injected: flows of {iface.container_id} stuck")
         self.ovs.ofctl("del-flows", self.bridge, f"cookie={self.cookie(iface)}/-1")
+        self._cookies.pop(iface.owner, None)
 
     def pod_flows_present(self, iface: PodInterface) -> bool:
         return len(self.dump(iface)) == 2
@@ -132,10 +142,16 @@ class FaultyPorts:
         self.client = client
         self.before_add: Callable[[str], None] | None = None
 
-    def add_pod_port(self, bridge: str, name: str, external_ids: Mapping[str, str]) -> Any:
+    def add_pod_port(
+        self,
+        bridge: str,
+        name: str,
+        external_ids: Mapping[str, str],
+        ofport_request: int | None = None,
+    ) -> Any:
         if self.before_add is not None:
             self.before_add(name)
-        return self.client.add_pod_port(bridge, name, external_ids)
+        return self.client.add_pod_port(bridge, name, external_ids, ofport_request)
 
     def delete_port(self, bridge: str, name: str) -> None:
         self.client.delete_port(bridge, name)
@@ -157,7 +173,7 @@ class Node:
     prefix: str
     pod_cidr: IPv4Network
     workdir: Path
-    ipam: HostLocalIpam
+    ipam: NodeIpam
     flows: OfctlPodFlows
     podnet: PodNetwork
     ready: threading.Event
@@ -165,6 +181,7 @@ class Node:
     server: CniServer
     netns_names: list[str] = field(default_factory=list)
     client: str = "socat"  # how cni/plumb reaches the agent: socat (its default) or curl
+    ipam_conf: dict[str, Any] | None = None  # the network's `ipam` section; None: none at all
     _counter: int = 0
 
     # -- names -------------------------------------------------------------------------------
@@ -189,7 +206,13 @@ class Node:
     # -- calling the executable ---------------------------------------------------------------
 
     def conf(self, version: str = "1.0.0", /, **extra: Any) -> dict[str, Any]:
-        return {"cniVersion": version, "name": NETWORK, "type": "plumb", **extra}
+        return {"cniVersion": version, "name": NETWORK, **self._plugin(), **extra}
+
+    def _plugin(self) -> dict[str, Any]:
+        plugin: dict[str, Any] = {"type": "plumb"}
+        if self.ipam_conf is not None:
+            plugin["ipam"] = dict(self.ipam_conf)
+        return plugin
 
     def env(
         self,
@@ -237,7 +260,7 @@ class Node:
         return CniRuntime(bin_dirs, str(self.workdir / "cache"), base_env=env, **kw)
 
     def network(self, version: str = "1.1.0", **extra: Any) -> NetworkList:
-        return NetworkList(NETWORK, version, ({"type": "plumb", **extra},))
+        return NetworkList(NETWORK, version, ({**self._plugin(), **extra},))
 
     def rt(self, netns: str, ifname: str = "eth0") -> RuntimeConf:
         cid = self.next_id("c")
@@ -308,7 +331,7 @@ def node(ovs: Any) -> Iterator[Node]:
     client = OvsdbClient(ovs.db_remote, timeout=10)
     ports = FaultyPorts(client)
     pod_cidr = IPv4Network(f"10.251.{random.randrange(1, 250)}.0/24")
-    ipam = HostLocalIpam(pod_cidr, data_dir=str(workdir / "ipam"))
+    ipam = NodeIpam(pod_cidr, data_dir=str(workdir / "ipam"))
     flows = OfctlPodFlows(ovs, bridge)
     podnet = PodNetwork(
         PodNetConfig(bridge=bridge, mtu=1450, tx_checksum_off=True, check_settle=0.2),
@@ -350,3 +373,24 @@ def node(ovs: Any) -> Iterator[Node]:
         with contextlib.suppress(Exception):
             client.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+IPAM_CONFS: dict[str, dict[str, Any] | None] = {
+    "allocator": None,  # no ipam section: the agent's own allocator
+    "plumb": {"type": "plumb"},
+    "host-local": {"type": "host-local"},
+}
+
+
+@pytest.fixture(params=["allocator", "host-local"])
+def any_ipam(node: Node, request: pytest.FixtureRequest) -> Node:
+    """The node, once with the agent's allocator and once delegating to host-local."""
+    node.ipam_conf = IPAM_CONFS[request.param]
+    return node
+
+
+@pytest.fixture
+def host_local(node: Node) -> Node:
+    """The node with a network that delegates to host-local."""
+    node.ipam_conf = IPAM_CONFS["host-local"]
+    return node

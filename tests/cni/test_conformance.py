@@ -1,6 +1,7 @@
 """CNI conformance of the whole plugin: the real `cni/plumb` executable called with a runtime's
-environment and stdin, the agent's server in-process, real namespaces, veths, host-local and OVS.
-Each test names the checklist requirement it covers."""
+environment and stdin, the agent's server in-process, real namespaces, veths, IPAM and OVS.
+Each test names the checklist requirement it covers; those marked `any_ipam` run once with the
+agent's own allocator and once delegating to host-local."""
 
 from __future__ import annotations
 
@@ -174,6 +175,7 @@ def wrap_host_local(node: Node, log: Path) -> None:
     wrapper.chmod(0o755)
 
 
+@pytest.mark.usefixtures("host_local")
 def test_ENV_07_DLG_01_02_03_delegate_found_in_cni_path_order_with_full_config(
     node: Node,
 ) -> None:
@@ -339,6 +341,7 @@ def test_ADD_04_prev_result_merged(node: Node) -> None:
     assert result["dns"] == {"nameservers": ["9.9.9.9"]}
 
 
+@pytest.mark.usefixtures("any_ipam")
 @pytest.mark.parametrize("fault", ["flows", "ofport"])
 def test_ADD_05_DLG_05_failure_after_ipam_leaks_nothing(node: Node, fault: str) -> None:
     netns = node.make_netns()
@@ -361,6 +364,7 @@ def test_ADD_05_DLG_05_failure_after_ipam_leaks_nothing(node: Node, fault: str) 
     assert node.add(cid, netns)["ips"]
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_ADD_08_second_add_fails_and_keeps_the_first(node: Node) -> None:
     netns = node.make_netns()
     cid = node.next_id("c")
@@ -468,6 +472,7 @@ def test_DEL_01_repeated_dels_succeed(node: Node) -> None:
     assert node.leftovers() == Node.NOTHING_LEFT
 
 
+@pytest.mark.usefixtures("any_ipam")
 @pytest.mark.parametrize("how", ["empty", "deleted"])
 def test_DEL_02_03_05_netns_gone_no_prev_result_still_cleans_host_side(
     node: Node, how: str
@@ -577,6 +582,7 @@ def test_GC_01_needs_1_1_0(node: Node) -> None:
     error_of(node.call(node.env("GC"), conf), 1)
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_GC_02_03_05_06_removes_what_is_not_valid(node: Node) -> None:
     runtime = node.runtime()
     net = node.network()
@@ -610,6 +616,7 @@ def test_GC_02_falls_back_to_the_older_key(node: Node) -> None:
     assert len(node.pod_ports()) == 1 and len(node.reservations()) == 1
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_GC_03_empty_list_cleans_everything_and_stray_reservations(node: Node) -> None:
     runtime = node.runtime()
     net = node.network()
@@ -675,6 +682,7 @@ def wrap_gc_capable_ipam(node: Node, log: Path, status_error: bool = False) -> N
     wrapper.chmod(0o755)
 
 
+@pytest.mark.usefixtures("host_local")
 def test_GC_05_gc_is_forwarded_to_an_ipam_that_speaks_1_1_0(node: Node) -> None:
     log = node.workdir / "ipam"
     wrap_gc_capable_ipam(node, log)
@@ -690,6 +698,7 @@ def test_GC_05_gc_is_forwarded_to_an_ipam_that_speaks_1_1_0(node: Node) -> None:
     assert sent["ipam"]["ranges"][0][0]["subnet"] == str(node.pod_cidr)
 
 
+@pytest.mark.usefixtures("host_local")
 def test_STS_03_status_is_forwarded_and_its_error_passed_on(node: Node) -> None:
     log = node.workdir / "ipam"
     wrap_gc_capable_ipam(node, log, status_error=True)
@@ -698,6 +707,7 @@ def test_STS_03_status_is_forwarded_and_its_error_passed_on(node: Node) -> None:
     assert Path(f"{log}.STATUS").exists()
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_VER_04_OBS_01_runtime_checking_versions_before_add_and_del(node: Node) -> None:
     runtime = node.runtime(check_versions=True)  # podman: VERSION before every ADD and DEL
     for version in ("0.3.1", "0.4.0", "1.0.0", "1.1.0"):
@@ -708,6 +718,7 @@ def test_VER_04_OBS_01_runtime_checking_versions_before_add_and_del(node: Node) 
     assert node.leftovers() == Node.NOTHING_LEFT
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_OBS_09_cri_double_del(node: Node) -> None:
     """StopPodSandbox: DEL with netns and prevResult; RemovePodSandbox: DEL with neither."""
     runtime = node.runtime()
@@ -742,6 +753,7 @@ def test_STS_02_04_ready_not_ready_and_agent_down(node: Node) -> None:
     error_of(node.call(env, node.conf("1.1.0")), 50)
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_STS_02_03_exhausted_pool_is_code_50(node: Node) -> None:
     directory = Path(node.ipam.network_dir(NETWORK))
     directory.mkdir(parents=True)
@@ -776,6 +788,7 @@ def test_ERR_05_internal_errors_become_json_not_tracebacks(
 # --- CONC -----------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_CONC_01_02_twenty_parallel_adds_and_dels(node: Node) -> None:
     pods = [(node.next_id("c"), node.make_netns()) for _ in range(20)]
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -792,6 +805,7 @@ def test_CONC_01_02_twenty_parallel_adds_and_dels(node: Node) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_CONC_03_same_container_calls_are_serialised(node: Node) -> None:
     netns = node.make_netns()
     cid = node.next_id("c")
@@ -803,6 +817,7 @@ def test_CONC_03_same_container_calls_are_serialised(node: Node) -> None:
     assert len(node.reservations()) == 1 and len(node.pod_ports()) == 1
 
 
+@pytest.mark.usefixtures("any_ipam")
 def test_restart_rebuilds_the_store_from_ovs(node: Node) -> None:
     runtime = node.runtime()
     net = node.network()

@@ -246,7 +246,7 @@ def test_CFG_03_every_supported_version_accepted(version: str) -> None:
 def test_CFG_05_ipam_section() -> None:
     req = parse_request(env_for("ADD"), conf(ipam={"type": "host-local", "x": 1}))
     assert req.ipam == {"type": "host-local", "x": 1}
-    assert parse_request(env_for("ADD"), conf()).ipam == {"type": "host-local"}
+    assert parse_request(env_for("ADD"), conf()).ipam == {"type": "plumb"}
     bads: list[object] = [[], {"x": 1}, {"type": ""}, "host-local"]
     for bad in bads:
         fails(ErrorCode.INVALID_NETWORK_CONFIG, env_for("ADD"), conf(ipam=bad))

@@ -9,7 +9,8 @@ from urllib.parse import quote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cni.ipam import fill_route_gateways, host_local_section, pick_version, stale_reservations
+from cni.ipam import fill_route_gateways, host_local_section, pick_version
+from cni.ipstore import stale_reservations
 from cni.netns import host_ifname, random_mac
 from cni.podnet import PodInterface, interface_from_port
 from cni.protocol import Attachment, IPConfig, Result, Route
