@@ -1,9 +1,10 @@
 """The pod network the CNI server drives: ADD = IPAM -> veth/netns -> OVS port with external_ids
--> ofport -> pod flows -> result; DEL = flows, then port, veth, IPAM; CHECK, GC and STATUS; and
-the in-memory interface store, rebuilt from the OVS ports' external_ids when the agent starts.
+and a chosen ofport, the pod's flows meanwhile -> the ofport OVS gave checked -> result; DEL =
+flows, then port, veth, IPAM; CHECK, GC and STATUS; and the in-memory interface store, rebuilt
+from the OVS ports' external_ids when the agent starts.
 
 OVSDB, flows and IPAM come in through small Protocols (`PortStore`, `PodFlows`, `Ipam`): the
-agent passes its `ovsdb.client.OvsdbClient`, its flow installer and a `cni.ipam.HostLocalIpam`.
+agent passes its `ovsdb.client.OvsdbClient`, its flow installer and a `cni.ipam.NodeIpam`.
 The ports' external_ids keys are the ones declared in `ovsdb.keys`.
 """
 
@@ -14,12 +15,13 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Address, ip_address, ip_interface
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol
 
 from cni import netns
+from cni.ofports import OfportPool
 from cni.protocol import (
     AddRejected,
     Attachment,
@@ -140,8 +142,15 @@ class PortInfo(Protocol):
 class PortStore(Protocol):
     """The OVSDB verbs the pod network needs (`ovsdb.client.OvsdbClient`)."""
 
-    def add_pod_port(self, bridge: str, name: str, external_ids: Mapping[str, str]) -> PortInfo:
-        """Add (or update) the port and its interface; return it with its ofport (-1: failed)."""
+    def add_pod_port(
+        self,
+        bridge: str,
+        name: str,
+        external_ids: Mapping[str, str],
+        ofport_request: int | None = None,
+    ) -> PortInfo:
+        """Add (or update) the port and its interface, asking OVS for `ofport_request`; return
+        it with the ofport it got (-1: failed)."""
         ...
 
     def delete_port(self, bridge: str, name: str) -> None:
@@ -174,7 +183,7 @@ class PodFlows(Protocol):
 
 
 class Ipam(Protocol):
-    """Address management (`cni.ipam.HostLocalIpam`)."""
+    """Address management (`cni.ipam.NodeIpam`)."""
 
     def add(self, req: Request) -> Result: ...
 
@@ -236,6 +245,9 @@ class PodNetConfig:
     mtu: int = DEFAULT_MTU
     tx_checksum_off: bool = False
     check_settle: float = 1.0  # CHK-05: how long CHECK lets flows converge after an ADD
+    # How long a port that got another ofport than it asked for may take to get its own:
+    # ovs-vswitchd moves a port that holds the number without having asked for it.
+    ofport_settle: float = 2.0
     clock: Callable[[], float] = field(default=time.monotonic, compare=False)
 
 
@@ -247,17 +259,30 @@ class PodNetwork:
         self._ports = ports
         self._flows = flows
         self._ipam = ipam
+        self._ofports = OfportPool()
         self.store = InterfaceStore()
 
     def restore(self) -> int:
         """Rebuild the interface store from the bridge's ports (agent start, DESIGN 8)."""
+        ports = self._ports.list_ports(self.config.bridge)
         ifaces = [
             iface
-            for port in self._ports.list_ports(self.config.bridge)
+            for port in ports
             if (iface := interface_from_port(port.name, port.ofport, port.external_ids))
         ]
         self.store.replace_all(ifaces)
+        self._learn_ofports(ports)
         return len(ifaces)
+
+    def _learn_ofports(self, ports: Sequence[PortInfo]) -> None:
+        pods = {i.host_ifname for i in self.store.all()}
+        self._ofports.learn(
+            foreign=(p.ofport for p in ports if p.name not in pods),
+            seen=(p.ofport for p in ports),
+        )
+
+    def _pod_ofports(self) -> list[int]:
+        return [i.ofport for i in self.store.all()]
 
     # -- ADD -------------------------------------------------------------------------------
 
@@ -265,25 +290,61 @@ class PodNetwork:
         """ADD; on failure the caller rolls back through `delete` (ADD-05), except for
         `AddRejected`, raised before anything changed.
 
-        Independent steps overlap (host-local runs while the veth pair is made; the OVS port
-        is added while the container end is configured): every step waits for its partner
-        before an error is raised, so a rollback always finds all that was done."""
+        Independent steps overlap: IPAM runs while the veth pair is made; the OVS port is
+        added (with an ofport the agent picked) while the container end is configured and the
+        pod's flows are installed. Every step waits for its partners before an error is
+        raised, so a rollback always finds all that was done."""
         self._refuse_bad_add(req)
         pair = self._pair_for(req)
-        ipam_result = _both(lambda: self._ipam.add(req), lambda: _create_pair(pair))[0]
-        iface = _interface_for(req, pair, ipam_result)
+        ofport = self._ofports.take(self._pod_ofports)
+        try:
+            return self._add(req, pair, ofport)
+        finally:
+            self._ofports.done(ofport)  # by now the store holds it (or the ADD failed)
+
+    def _add(self, req: Request, pair: netns.VethPair, ofport: int) -> Result:
+        ipam_result: Result = _together(lambda: self._ipam.add(req), lambda: _create_pair(pair))[0]
+        iface = _interface_for(req, pair, ipam_result, ofport)
         addressing = netns.Addressing(
             iface.ips, tuple(netns.RouteSpec(r.dst, r.gw) for r in ipam_result.routes)
         )
-        iface = _both(
+        self.store.put(iface)  # before the port and the flows: a rollback must find them
+        given: int = _together(
             lambda: self._attach_port(iface),
             lambda: netns.configure_container(
                 req.netns, req.ifname, addressing, pair.tx_checksum_off
             ),
+            lambda: self._install_flows(iface),
         )[0]
-        self.store.put(iface)  # before the flows: a rollback must find them
-        self._install_flows(iface)
+        if given != ofport:
+            self._correct_ofport(iface, given)
         return merge_prev_result(req.prev_result, _result_for(req, pair, ipam_result))
+
+    def _correct_ofport(self, iface: PodInterface, given: int) -> None:
+        """OVS gave the port another number than the one asked for: a port the agent does not
+        know holds it. ovs-vswitchd soon moves that port unless it asked for the number too;
+        then the flows follow our port to the number it keeps, and the pool learns the bridge
+        anew."""
+        final = self._settled_ofport(iface.host_ifname, iface.ofport, given)
+        if final == iface.ofport:
+            return
+        log.warning(
+            "port %s got ofport %d, not %d: reinstalling its flows",
+            iface.host_ifname,
+            final,
+            iface.ofport,
+        )
+        fixed = replace(iface, ofport=final)
+        self.store.put(fixed)
+        self._install_flows(fixed)
+        self._learn_ofports(self._ports.list_ports(self.config.bridge))
+
+    def _settled_ofport(self, name: str, wanted: int, given: int) -> int:
+        deadline = self.config.clock() + self.config.ofport_settle
+        while given != wanted and self.config.clock() < deadline:
+            time.sleep(0.01)
+            given = self._ports.port_info(name).ofport
+        return given
 
     def _pair_for(self, req: Request) -> netns.VethPair:
         return netns.VethPair(
@@ -312,22 +373,24 @@ class PodNetwork:
                 f"{req.netns} (set CNI_NETNS_OVERRIDE=1 to allow)",
             )
 
-    def _attach_port(self, iface: PodInterface) -> PodInterface:
+    def _attach_port(self, iface: PodInterface) -> int:
+        """The OVS port with its external_ids; the ofport OVS gave it."""
         try:
             port = self._ports.add_pod_port(
-                self.config.bridge, iface.host_ifname, iface.external_ids()
+                self.config.bridge, iface.host_ifname, iface.external_ids(), iface.ofport
             )
         except CniError:
             raise
         except Exception as exc:
             raise CniError(ErrorCode.OVS_FAILURE, "failed to add the OVS port", str(exc)) from exc
-        if port.ofport is None or port.ofport <= 0:
+        ofport: int | None = port.ofport
+        if ofport is None or ofport <= 0:
             raise CniError(
                 ErrorCode.OVS_FAILURE,
                 "OVS could not attach the pod interface",
-                f"port {iface.host_ifname} has ofport {port.ofport}",
+                f"port {iface.host_ifname} has ofport {ofport}",
             )
-        return PodInterface(**{**iface.__dict__, "ofport": port.ofport})
+        return ofport
 
     def _install_flows(self, iface: PodInterface) -> None:
         try:
@@ -355,7 +418,7 @@ class PodNetwork:
             else:
                 self._remove_host_ends(self._host_names(req), errors)
 
-        _both(host_side, lambda: _collect(errors, "IPAM DEL", self._ipam.delete, req))
+        _together(host_side, lambda: _collect(errors, "IPAM DEL", self._ipam.delete, req))
         if errors:
             raise CniError(ErrorCode.INTERFACE_FAILURE, "DEL incomplete", "; ".join(errors))
 
@@ -462,7 +525,9 @@ class PodNetwork:
         self._ipam.status(req)
 
 
-def _interface_for(req: Request, pair: netns.VethPair, ipam_result: Result) -> PodInterface:
+def _interface_for(
+    req: Request, pair: netns.VethPair, ipam_result: Result, ofport: int
+) -> PodInterface:
     return PodInterface(
         container_id=req.container_id,
         ifname=req.ifname,
@@ -474,6 +539,7 @@ def _interface_for(req: Request, pair: netns.VethPair, ipam_result: Result) -> P
         mac=pair.mac,
         ips=tuple(ipc.address for ipc in ipam_result.ips),
         gateway=next((i.gateway for i in ipam_result.ips if i.gateway), None),
+        ofport=ofport,
     )
 
 
@@ -501,31 +567,32 @@ def _create_pair(pair: netns.VethPair) -> None:
         raise CniError(exc.code, exc.msg, exc.details) from exc
 
 
-A = TypeVar("A")
-B = TypeVar("B")
+def _together(*steps: Callable[[], Any]) -> list[Any]:
+    """Run the steps side by side (the first here, the others in helper threads born in the
+    caller's network namespace); wait for all, then raise the first failure in step order."""
+    results: list[Any] = [None] * len(steps)
+    errors: list[BaseException | None] = [None] * len(steps)
 
-
-def _both(first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
-    """Run `second` in a helper thread while `first` runs here; wait for both, then raise the
-    first failure. The helper thread is born in the caller's network namespace."""
-    box: dict[str, Any] = {}
-
-    def run_second() -> None:
+    def run(index: int) -> None:
         try:
-            box["value"] = second()
+            results[index] = steps[index]()
         except BaseException as exc:
-            box["error"] = exc
+            errors[index] = exc
 
-    helper = threading.Thread(target=run_second, name="podnet-step")
-    helper.start()
+    helpers = [
+        threading.Thread(target=run, args=(i,), name="podnet-step") for i in range(1, len(steps))
+    ]
+    for helper in helpers:
+        helper.start()
     try:
-        value = first()
+        run(0)
     finally:
-        helper.join()
-    if "error" in box:
-        raise box["error"]
-    other: B = box["value"]
-    return value, other
+        for helper in helpers:
+            helper.join()
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
 
 
 def _all(steps: Sequence[Callable[[], None]]) -> None:
