@@ -279,7 +279,9 @@ def _owner_name(
     if category is Category.NODE:
         if object_id == 0:
             return f"{names.node} (local gateway)" if names.node else "local gateway"
-        return names.nodes.get(object_id, f"id {object_id:#x}")
+        name = names.nodes.get(object_id, f"id {object_id:#x}")
+        # The local node's own name owns its end of the tunnel.
+        return f"{name} (tunnel end)" if name == names.node and name else name
     if category is Category.POLICY:
         if object_id:
             return rule_name(object_id, names)

@@ -106,7 +106,7 @@ def test_owners_of_a_lab_node():
     found = owners("dump_lab_node1.txt", LAB_NAMES)
     assert "SpoofGuard" in found["pod demo/client"] and "SpoofGuard" in found["pod demo/db"]
     assert found["node node2"] == {"ARPResponder", "L3Forwarding"}  # the peer's subnet
-    assert found["node node1"] == {"Classifier", "L2ForwardingCalc"}  # the tunnel end
+    assert found["node node1 (tunnel end)"] == {"Classifier", "L2ForwardingCalc"}
     assert "Classifier" in found["node node1 (local gateway)"]
     assert "Output" in found["pipeline"]
 
