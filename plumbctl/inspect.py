@@ -127,10 +127,11 @@ def _errors_as_click(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def emit(where: Where, data: Any, human: Callable[[], None]) -> None:
-    if where.output == "json":
+def emit(output: str | None, data: Any, human: Callable[[], None]) -> None:
+    """`-o json|yaml` prints the data; otherwise the human rendering."""
+    if output == "json":
         click.echo(json.dumps(data, indent=2))
-    elif where.output == "yaml":
+    elif output == "yaml":
         click.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
     else:
         human()
@@ -201,7 +202,7 @@ def flows(
         for node in where.nodes(cluster, pod)
     ]
     data = [s.as_dict() for s in sections]
-    emit(where, data if len(data) != 1 else data[0], lambda: _print_flow_sections(sections))
+    emit(where.output, data if len(data) != 1 else data[0], lambda: _print_flow_sections(sections))
 
 
 @dataclass
@@ -425,7 +426,7 @@ def trace(src: str, dst: str, port: int, protocol: str, no_follow: bool, **kwarg
     dst_ref = dst if annotate.is_address(dst) else (_pod_ref(dst) or dst)
     start = where.nodes(cluster, src_ref)[0] if where.node else cluster.pod_node(src_ref)
     result = trace_pair(cluster, start, src_ref, dst_ref, protocol.upper(), port, not no_follow)
-    emit(where, result.as_dict(cluster), lambda: _print_trace(result))
+    emit(where.output, result.as_dict(cluster), lambda: _print_trace(result))
 
 
 def trace_pair(
@@ -628,10 +629,10 @@ def explain(
             "mismatches": len(mismatches),
             "results": [r.as_dict(cluster, with_trace=False) for r in results],
         }
-        emit(where, data, lambda: _print_all(results, mismatches))
+        emit(where.output, data, lambda: _print_all(results, mismatches))
     else:
         data = results[0].as_dict(cluster, with_trace=True)
-        emit(where, data, lambda: _print_explanation(results[0]))
+        emit(where.output, data, lambda: _print_explanation(results[0]))
     if mismatches:
         raise SystemExit(1)
 
@@ -733,7 +734,7 @@ def status(**kwargs: Any) -> None:
     where = _where(kwargs)
     cluster = where.cluster()
     data = [_node_status(cluster, node) for node in where.nodes(cluster)]
-    emit(where, data if len(data) != 1 else data[0], lambda: _print_status(data))
+    emit(where.output, data if len(data) != 1 else data[0], lambda: _print_status(data))
 
 
 def _node_status(cluster: Cluster, node: Node) -> dict[str, Any]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
 from flows.pipeline import TABLES, pipeline_document
-from plumbctl.inspect import explain, flows, status, trace
+from plumbctl.inspect import emit, explain, flows, status, trace
 from plumbctl.lab import lab
 
 
@@ -21,7 +22,8 @@ def cli() -> None:
 @cli.command()
 @click.option("--install", is_flag=True, help="Start a private OVS, install the skeleton, dump it.")
 @click.option("--markdown", is_flag=True, help="Print the pipeline reference as Markdown.")
-def pipeline(install: bool, markdown: bool) -> None:
+@click.option("-o", "--output", type=click.Choice(["json", "yaml"]), default=None)
+def pipeline(install: bool, markdown: bool, output: str | None) -> None:
     """The pipeline, generated from its declaration (or installed into a private OVS)."""
     if markdown:
         click.echo(pipeline_document(), nl=False)
@@ -29,11 +31,23 @@ def pipeline(install: bool, markdown: bool) -> None:
     if install:
         _install_pipeline()
         return
+    tables = [
+        {
+            "id": t.id,
+            "name": t.name,
+            "stage": t.spec.stage.value,
+            "miss": t.spec.miss.value,
+            "doc": t.spec.doc,
+        }
+        for t in TABLES.values()
+    ]
+    emit(output, tables, lambda: _print_tables(tables))
+
+
+def _print_tables(tables: list[dict[str, Any]]) -> None:
     click.echo(f"{'id':>3}  {'table':<26} {'stage':<16} {'miss':<5} what it does")
-    for t in TABLES.values():
-        click.echo(
-            f"{t.id:>3}  {t.name:<26} {t.spec.stage.value:<16} {t.spec.miss.value:<5} {t.spec.doc}"
-        )
+    for t in tables:
+        click.echo(f"{t['id']:>3}  {t['name']:<26} {t['stage']:<16} {t['miss']:<5} {t['doc']}")
 
 
 def _install_pipeline() -> None:

@@ -42,3 +42,11 @@ def test_missing_ovs_binaries_are_one_clear_line(tmp_path):
         "Error: Open vSwitch not found (ovsdb-tool, ovsdb-server, ovs-vswitchd, ovs-vsctl, "
         "ovs-ofctl, ovs-appctl): apt-get install openvswitch-switch"
     ]
+
+
+def test_pipeline_as_json_is_the_declaration():
+    import json
+
+    result = CliRunner().invoke(cli, ["pipeline", "-o", "json"])
+    assert result.exit_code == 0
+    assert [t["name"] for t in json.loads(result.output)] == list(TABLES)
