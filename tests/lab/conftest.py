@@ -184,6 +184,73 @@ def df_ping(netns: str, dst: str, size: int) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
+ECHO_COUNT = """
+import os, socket, struct, sys, time
+def checksum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+ident, replies = os.getpid() & 0xFFFF, {}
+for seq in range(int(sys.argv[2])):
+    body = struct.pack("!HH", ident, seq) + b"plumb-echo-0123"  + b"4"
+    s.sendto(struct.pack("!BBH", 8, 0, checksum(b"\\x08\\0\\0\\0" + body)) + body, (sys.argv[1], 0))
+    time.sleep(0.05)
+s.settimeout(0.5)
+try:
+    while True:
+        reply = s.recv(2048)[20:]
+        if reply[0] == 0 and struct.unpack("!H", reply[4:6])[0] == ident:
+            seq = struct.unpack("!H", reply[6:8])[0]
+            replies[seq] = replies.get(seq, 0) + 1
+except socket.timeout:
+    pass
+print(" ".join(str(replies.get(i, 0)) for i in range(int(sys.argv[2]))))
+"""
+
+
+def echo_replies(netns: str, dst: str, count: int = 5) -> list[int]:
+    """Send `count` ICMP echoes from `netns`; how many replies each one got (1 each when every
+    packet is carried exactly once)."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", ECHO_COUNT, dst, str(count)],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return [int(n) for n in done.stdout.split()]
+
+
+ARP_WHO_HAS = """
+import socket, struct, sys, time
+ip = socket.inet_aton(sys.argv[1])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("eth0", 0))
+mac = s.getsockname()[4]
+me = socket.inet_aton(sys.argv[2])
+arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, me, b"\\0" * 6, ip)
+s.send(b"\\xff" * 6 + mac + b"\\x08\\x06" + arp)
+s.settimeout(0.1)
+seen, deadline = set(), time.monotonic() + 0.5
+while time.monotonic() < deadline:
+    try:
+        frame = s.recv(2048)
+    except socket.timeout:
+        continue
+    op, sha, spa = struct.unpack("!H6s4s", frame[20:32])
+    if op == 2 and spa == ip:
+        seen.add(sha.hex(":"))
+print(" ".join(sorted(seen)))
+"""
+
+
+def arp_answers(netns: str, target: str, source: str) -> list[str]:
+    """The MACs that answer one ARP request for `target` sent on eth0 of `netns`."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", ARP_WHO_HAS, target, source],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return done.stdout.split()
+
+
 LabFactory = Callable[..., Lab]
 
 
