@@ -177,11 +177,15 @@ class AddressStore:
                 os.unlink(os.path.join(self.directory, name))
 
     def _read(self, name: str) -> str | None:
+        # os-level reads: a DEL reads every reservation (as host-local does), so keep it cheap.
         try:
-            with open(os.path.join(self.directory, name), encoding="utf-8", errors="replace") as f:
-                return f.read()
+            fd = os.open(os.path.join(self.directory, name), os.O_RDONLY)
         except FileNotFoundError:
             return None  # released meanwhile
+        try:
+            return os.read(fd, 4096).decode("utf-8", "replace")
+        finally:
+            os.close(fd)
 
 
 class Allocator:
