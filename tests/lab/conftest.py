@@ -23,6 +23,8 @@ import pytest
 
 from lab.layout import LabLayout
 from lab.ovs_sandbox import OvsBinariesMissing, require_ovs_binaries
+from lab.pods import record
+from lab.probe import Endpoint, Probe, run_probes
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("ip", "ethtool", "sysctl")
@@ -121,7 +123,16 @@ class Lab:
         return result
 
     def connected(self, src: str, dst: str, port: int = 80, protocol: str = "TCP") -> bool:
-        return bool(self.probe(src, dst, port, "--protocol", protocol)["connected"])
+        """One probe through the library `probe` uses (test_cli covers the command line; a
+        Python start per probe would dominate this tier's time)."""
+        probe_ = Probe(self.endpoint(src), self.endpoint(dst), port, protocol)
+        return run_probes([probe_], timeout=2.0)[0].connected
+
+    def endpoint(self, ref: str) -> Endpoint:
+        namespace, name = ref.split("/")
+        rec = record(self.layout, namespace, name)
+        assert rec is not None and rec.ip, f"no pod {ref} with an IP in lab {self.name}"
+        return Endpoint(ref, rec.netns, rec.ip)
 
     def pods(self) -> dict[str, dict[str, Any]]:
         """`namespace/name` -> the pod object of `lab get pods -o json`."""
@@ -129,7 +140,7 @@ class Lab:
         return {f"{p['metadata']['namespace']}/{p['metadata']['name']}": p for p in items}
 
     def pod_ip(self, ref: str) -> str:
-        return str(self.pods()[ref]["status"]["podIP"])
+        return self.endpoint(ref).ip
 
     def node_netns(self, node: str) -> str:
         return self.layout.node_by_name(node).netns

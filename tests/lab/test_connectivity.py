@@ -78,13 +78,12 @@ def test_every_packet_is_carried_once_on_one_node(lab: Lab) -> None:
     assert echo_replies(lab.layout.pod_netns("x", "a"), lab.pod_ip("x/b")) == [1] * 5
 
 
-HOST_VETH_OPEN = (
-    "the CNI server leaves a pod's host veth open to the node's kernel (arp_ignore 0, "
-    "forwarding 1): the kernel answers the pod's ARP for its gateway with the veth's MAC, and "
-    "when the pod keeps that answer the kernel forwards a second copy of each packet to other "
-    "nodes through plumb-gw0 (duplicates, half the throughput). Setting "
-    "net.ipv4.conf.<host veth>.arp_ignore=8 and .forwarding=0 when the veth is made fixes it."
-)
+# The CNI server leaves a pod's host veth open to the node's kernel (arp_ignore 0, forwarding 1):
+# the kernel answers the pod's ARP for its gateway with the veth's MAC, and when the pod keeps
+# that answer the kernel forwards a second copy of each packet to other nodes through plumb-gw0
+# (duplicates, half the throughput). net.ipv4.conf.<host veth>.arp_ignore=8 and .forwarding=0,
+# set when the veth is made, fix it.
+HOST_VETH_OPEN = "the node's kernel answers ARP and forwards on pods' host veths (see comment)"
 
 
 @pytest.mark.xfail(strict=True, reason=HOST_VETH_OPEN)
