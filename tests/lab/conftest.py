@@ -48,11 +48,23 @@ def skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _lab_prerequisites() -> None:
-    reason = skip_reason()
+@pytest.fixture(autouse=True)
+def _lab_prerequisites(request: pytest.FixtureRequest) -> None:
+    """Tests marked `lab` skip, with the reason, where a lab cannot be built."""
+    if request.node.get_closest_marker("lab") is None:
+        return
+    reason = _cached_skip_reason()
     if reason:
         pytest.skip(reason)
+
+
+_REASON: list[str | None] = []
+
+
+def _cached_skip_reason() -> str | None:
+    if not _REASON:
+        _REASON.append(skip_reason())
+    return _REASON[0]
 
 
 def pod_yaml(
