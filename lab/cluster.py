@@ -42,7 +42,7 @@ from lab.layout import (
 )
 from lab.objects import ManifestsDir
 from lab.ovs_sandbox import OvsSandbox, OvsSandboxError
-from lab.pods import forget_all_pods, forget_pods_on
+from lab.pods import Kubelet, forget_all_pods, forget_pods_on
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AGENT_TIMEOUT = 90.0
@@ -127,6 +127,8 @@ def up(
         teach_tunnel_neighbours(nodes_)
     if agents:
         wait_agents_ready(nodes_, progress)
+        for ref in Kubelet(layout).ensure_servers():
+            progress(f"pod/{ref}: server restarted")
     return spec
 
 

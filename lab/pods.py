@@ -222,6 +222,16 @@ class Kubelet:
                 raise PodError(f"the pod's server did not start ({why}): {log}")
             time.sleep(0.005)
 
+    def ensure_servers(self) -> list[str]:
+        """Restart the server of every pod whose server is gone (as a kubelet restarts a
+        container); the pods it restarted."""
+        restarted = []
+        for rec in records(self.layout):
+            if rec.ip and host.netns_exists(rec.netns) and server_pid(self.layout, rec) is None:
+                self._start_server(rec)
+                restarted.append(rec.ref)
+        return restarted
+
     # --- remove ---------------------------------------------------------------------------------
 
     def remove(self, rec: PodRecord, cni: bool = True) -> None:

@@ -4,6 +4,8 @@ shapes of their outputs (issue 4), driven as users script it: through the comman
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.layout import LabLayout
+from lab.pods import record, server_pid
 from tests.lab.conftest import Lab, LabFactory, pod_yaml
 
 pytestmark = pytest.mark.lab
@@ -166,3 +169,14 @@ def test_deleted_pod_takes_its_namespace_server_and_object(lab: Lab) -> None:
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "x.gone.ready" not in processes  # the pod's server
     assert lab.cli("probe", "x/a", "x/gone", "--port", "80", check=False).returncode == 2
+
+
+def test_up_restarts_a_pod_server_that_died(lab: Lab) -> None:
+    rec = record(LabLayout(lab.name), "x", "b")
+    assert rec is not None
+    pid = server_pid(LabLayout(lab.name), rec)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    assert not lab.connected("x/a", "x/b")
+    assert "pod/x/b: server restarted" in lab.up().stderr
+    assert lab.connected("x/a", "x/b")
