@@ -411,9 +411,13 @@ def down(name: str, progress: Progress = _quiet, root: Path | None = None) -> bo
     indexes = existing_node_indexes(layout)
     found = bool(indexes) or layout.dir.exists() or host.netns_exists(layout.underlay_netns)
     forget_all_pods(layout)
-    for index in indexes:
+
+    def remove(index: int) -> None:
         remove_node(layout, layout.node(index))
         progress(f"node{index} removed")
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(remove, indexes))
     try:
         for netns in _floor_namespaces(layout):
             host.delete_netns(netns)
