@@ -23,7 +23,7 @@ import click
 
 from cni.ipam import HostLocalIpam
 from cni.netns import in_netns, open_netns
-from cni.podnet import PodNetConfig, PodNetwork
+from cni.podnet import PodInterface, PodNetConfig, PodNetwork
 from cni.server import CniDispatcher, CniServer
 from controller import metrics
 from controller.bridge import GATEWAY_PORT, BridgeSettings, ensure_bridge_with
@@ -35,6 +35,7 @@ from controller.health import HealthServer, ReadinessGates
 from controller.logs import install_signal_handlers, setup_logging
 from controller.nodes import NodeReconciler
 from controller.podflows import SwitchPodFlows
+from controller.policies import PolicyReconciler, local_pods_of
 from controller.sources.kube import KubeSource
 from controller.sources.manifests import ManifestsSource
 from controller.store import Store, StoreEvent
@@ -51,6 +52,8 @@ GATES = ("ovsdb", "openflow", "source", "node", "network")
 # Encapsulation overhead of an IPv4 underlay, subtracted from the uplink MTU for pods.
 TUNNEL_OVERHEAD = {"geneve": 50, "vxlan": 50, "none": 0}
 DEFAULT_UPLINK_MTU = 1500
+# How long a pod's CNI ADD waits for its NetworkPolicy flows.
+POLICY_WAIT = 5.0
 
 
 class AgentError(PlumbError):
@@ -81,6 +84,7 @@ class Agent:
         self.source: KubeSource | ManifestsSource | None = None
         self.podnet: PodNetwork | None = None
         self.nodes: NodeReconciler | None = None
+        self.policies: PolicyReconciler | None = None
         self.cni_server: CniServer | None = None
 
     def start(self) -> None:
@@ -110,6 +114,8 @@ class Agent:
             self.source.stop()
         if self.nodes is not None:
             self.nodes.stop()
+        if self.policies is not None:
+            self.policies.stop()
         if self.switch is not None:
             self.switch.stop()
         if self.ovsdb is not None:
@@ -184,13 +190,34 @@ class Agent:
             HostLocalIpam(node.pod_cidr, data_dir=self.config.ipam_data_dir),
         )
         restored = self.podnet.restore()
+        self._start_policies(self.podnet)
         for iface in self.podnet.store.all():
             pod_flows.install_pod(iface)
+        pod_flows.listeners.append(self._local_pod_changed)
         log.info("pods restored from ovsdb count=%d", restored)
         dispatcher = CniDispatcher(MeteredBackend(self.podnet), self.network_ready)
         netns_path = f"/run/netns/{self.netns}" if self.netns else None
         self.cni_server = CniServer(self.config.cni_socket, dispatcher, netns=netns_path)
         self.cni_server.start()
+
+    def _start_policies(self, podnet: PodNetwork) -> None:
+        """NetworkPolicy for the restored pods is in before any pod flow of this round."""
+        assert self.switch is not None
+        self.policies = PolicyReconciler(
+            self.store,
+            self.switch,
+            self.round,
+            self.config.node_name,
+            lambda: local_pods_of(podnet.store.all()),
+        )
+        self.policies.start()
+
+    def _local_pod_changed(self, iface: PodInterface, present: bool) -> None:
+        """A CNI ADD returns only once the pod's policies are realised (no unprotected start)."""
+        assert self.policies is not None
+        self.policies.local_pod_changed(iface, present)
+        if not self.policies.wait_idle(POLICY_WAIT):
+            log.warning("policies for %s not realised within %.0fs", iface.owner, POLICY_WAIT)
 
     def _start_nodes(self, node: LocalNode) -> None:
         """Peer nodes' flows (and routes) in this round, before the old round goes."""
