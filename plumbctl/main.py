@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from flows.pipeline import TABLES, pipeline_document
+from plumbctl import lab_faults
 from plumbctl.inspect import emit, explain, flows, status, trace
 from plumbctl.lab import lab
 
@@ -99,3 +100,8 @@ def main() -> None:
         cli(standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+lab.add_command(lab_faults.restart)
+lab.add_command(lab_faults.partition)
+lab.add_command(lab_faults.heal)
