@@ -1,8 +1,8 @@
 """`plumbctl lab demo`: the README's tour. Two nodes, pods on both, the reachability matrix, a
 sample NetworkPolicy, the matrix again, and one pod's flows as `ovs-ofctl --names` prints them.
 
-The demo says what it sees: if the agent does not enforce NetworkPolicy (no policy flows on the
-node), it prints that, rather than a matrix that pretends.
+The demo says what it sees: if nothing changes within a few seconds of applying the policy (an
+agent that does not enforce NetworkPolicy), it prints that, rather than a matrix that pretends.
 """
 
 from __future__ import annotations
@@ -87,13 +87,14 @@ def run(layout: LabLayout, echo: Echo, progress: Callable[[str], None]) -> None:
     web = pods.record(layout, "demo", "web")
     assert web is not None
     ovs = cluster.node_ovs(layout.node_by_name(web.node))
-    if not _wait_policy_flows(ovs):
+    after = _wait_for_policy(layout, before)
+    if _changed(before, after) == 0:
         echo(
-            f"# NetworkPolicy is not enforced by this agent yet: no policy flows appeared on "
-            f"{web.node} within {POLICY_WAIT:g}s, so the matrix below cannot change."
+            f"# NetworkPolicy is not enforced by this agent yet: nothing changed within "
+            f"{POLICY_WAIT:g}s of applying the policy."
         )
     echo(f"# plumbctl lab matrix --name {layout.name} --ports 80,81")
-    after = _matrix(layout, echo)
+    echo(_matrix_text(layout, after))
     echo(_verdict(before, after))
     _show_flows(layout, web, ovs, echo)
 
@@ -111,33 +112,50 @@ def _check(outcome: apply.Outcome) -> None:
         raise RuntimeError("; ".join(outcome.errors))
 
 
-def _matrix(layout: LabLayout, echo: Echo) -> list[probe.ProbeResult]:
+def _probe_all(layout: LabLayout) -> list[probe.ProbeResult]:
     endpoints = [probe.Endpoint(r.ref, r.netns, r.ip) for r in pods.records(layout) if r.ip]
-    results = probe.run_probes(probe.matrix_probes(endpoints, PORTS, ["TCP"]), timeout=1.0)
-    echo(probe.matrix_text([e.ref for e in endpoints], results, list(PORTS), ["TCP"]))
+    return probe.run_probes(probe.matrix_probes(endpoints, PORTS, ["TCP"]), timeout=1.0)
+
+
+def _matrix_text(layout: LabLayout, results: list[probe.ProbeResult]) -> str:
+    refs = [r.ref for r in pods.records(layout) if r.ip]
+    return probe.matrix_text(refs, results, list(PORTS), ["TCP"])
+
+
+def _matrix(layout: LabLayout, echo: Echo) -> list[probe.ProbeResult]:
+    results = _probe_all(layout)
+    echo(_matrix_text(layout, results))
     return results
 
 
-def _wait_policy_flows(ovs: OvsSandbox) -> bool:
-    """True once the node holds flows of the policy category (the agent enforces policies)."""
-    cookie = f"cookie={int(Category.POLICY) << 40:#x}/{CATEGORY_MASK:#x}"
+def _wait_for_policy(layout: LabLayout, before: list[probe.ProbeResult]) -> list[probe.ProbeResult]:
+    """The matrix once it shows the policy, or as it is after POLICY_WAIT seconds (the agents
+    read the manifests directory about once a second, then install the policy's flows)."""
     deadline = time.monotonic() + POLICY_WAIT
-    while time.monotonic() < deadline:
-        dump = ovs.ofctl("-O", "OpenFlow15", "dump-flows", str(ovs.mgmt_socket(BRIDGE)), cookie)
-        if any("cookie=" in line for line in dump.splitlines()):
-            return True
+    while True:
+        results = _probe_all(layout)
+        if not _wrong(results) or time.monotonic() > deadline:
+            return results
         time.sleep(0.2)
-    return False
+
+
+def _changed(before: list[probe.ProbeResult], after: list[probe.ProbeResult]) -> int:
+    return sum(b.connected != a.connected for b, a in zip(before, after, strict=True))
+
+
+def _wrong(results: list[probe.ProbeResult]) -> list[probe.ProbeResult]:
+    """Probes whose outcome differs from what the demo policy says."""
+    return [
+        r
+        for r in results
+        if r.connected != expected_after_policy(r.probe.src.ref, r.probe.dst.ref, r.probe.port)
+    ]
 
 
 def _verdict(before: list[probe.ProbeResult], after: list[probe.ProbeResult]) -> str:
-    wrong = [
-        r
-        for r in after
-        if r.connected != expected_after_policy(r.probe.src.ref, r.probe.dst.ref, r.probe.port)
-    ]
-    changed = sum(b.connected != a.connected for b, a in zip(before, after, strict=True))
+    wrong = _wrong(after)
     if not wrong:
+        changed = _changed(before, after)
         return f"# The policy took effect: {changed} probe(s) changed, all as the policy says.\n"
     sample = ", ".join(
         f"{r.probe.src.ref}->{r.probe.dst.ref}:{r.probe.port}"

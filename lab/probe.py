@@ -2,9 +2,12 @@
 
 A probe's socket is created inside the source pod's network namespace (by a thread that entered
 it; the socket stays there) and driven from this process's event loop, so a matrix of hundreds
-of probes runs concurrently with no process per probe: it takes about one timeout even when
-everything is blocked. TCP and SCTP: connect. UDP: send, expect the echo (re-sent every 200 ms,
-since one datagram may be lost while flows or ARP settle).
+of probes runs concurrently (at most MAX_IN_FLIGHT at once) with no process per probe: it takes
+about one timeout per MAX_IN_FLIGHT probes even when everything is blocked.
+
+TCP and SCTP: connect (a second attempt races the first from half the timeout on, since a SYN
+lost while a path warms up is resent only after a second). UDP: send, expect the echo (re-sent
+every 200 ms, since one datagram may be lost while flows or ARP settle).
 """
 
 from __future__ import annotations
@@ -106,14 +109,14 @@ async def _probe(probe: Probe, timeout: float) -> ProbeResult:
         if probe.protocol == "SCTP" and exc.errno in (errno.EPROTONOSUPPORT, errno.ESOCKTNOSUPPORT):
             return result(False, skipped=NO_SCTP)
         return result(False, skipped=f"cannot open a socket in {probe.src.netns}: {exc}")
+    addr = (probe.dst.ip, probe.port)
     with sock:
         sock.setblocking(False)
         try:
             if probe.protocol == "UDP":
-                await asyncio.wait_for(_udp_echo(sock, (probe.dst.ip, probe.port)), timeout)
+                await asyncio.wait_for(_udp_echo(sock, addr), timeout)
             else:
-                loop = asyncio.get_running_loop()
-                await asyncio.wait_for(loop.sock_connect(sock, (probe.dst.ip, probe.port)), timeout)
+                await asyncio.wait_for(_connect(sock, probe, addr, timeout), timeout)
         except TimeoutError:
             return result(False, "timeout")
         except ConnectionRefusedError:
@@ -121,6 +124,38 @@ async def _probe(probe: Probe, timeout: float) -> ProbeResult:
         except OSError as exc:
             return result(False, exc.strerror or str(exc))
     return result(True)
+
+
+async def _connect(
+    first: socket.socket, probe: Probe, addr: tuple[str, int], timeout: float
+) -> None:
+    """Connect; halfway through the timeout, race a second connection from a fresh socket.
+
+    A SYN can be lost while a path warms up (a new flow, a cold neighbour cache), and Linux
+    resends it only after one second, so a short timeout would report a working path as
+    blocked. The second attempt (a new port, a new SYN) bounds that; a blocked path still costs
+    one timeout. Kubernetes' e2e probes retry for the same reason."""
+    loop = asyncio.get_running_loop()
+    extra: list[socket.socket] = []
+
+    async def second() -> None:
+        await asyncio.sleep(timeout / 2)
+        sock = await _socket_in(probe.src.netns, probe.protocol)
+        extra.append(sock)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, addr)
+
+    tasks = [asyncio.ensure_future(loop.sock_connect(first, addr)), asyncio.ensure_future(second())]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # raises the attempt's error (refused, unreachable)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for sock in extra:
+            sock.close()
 
 
 async def _socket_in(netns: str, protocol: str) -> socket.socket:

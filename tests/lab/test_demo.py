@@ -18,9 +18,10 @@ def test_demo_shows_matrices_the_policy_outcome_and_a_pods_flows(make_lab: LabFa
     assert out.count("TCP/80\n-\tdemo/client\tdemo/db\tdemo/web") == 2
     assert "18/18 connected" in out.split("NetworkPolicy\n")[0]  # before the policy: all open
     assert "kind: NetworkPolicy" in out
-    # Either the agent enforces policies and the second matrix says so, or the demo says it
-    # does not; never a silent pretence.
-    assert "The policy took effect" in out or "NetworkPolicy is not enforced" in out
+    after = out.split("web-allow-client")[1]
+    assert "15/18 connected" in after  # web now takes only client, only on port 80
+    assert "demo/db\t.\t.\tX" in after and "demo/client\t.\t.\tX" in after  # rows of TCP/81
+    assert "# The policy took effect: 3 probe(s) changed, all as the policy says." in out
     ofport = int(re.search(r"pod demo/web on node2, ofport (\d+)", out).group(1))  # type: ignore[union-attr]
     cookies = [int(c, 16) for c in re.findall(r"^ cookie=(0x[0-9a-f]+),", out, re.MULTILINE)]
     assert cookies, "no flows shown"
