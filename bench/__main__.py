@@ -11,6 +11,7 @@ BENCHMARKS = {
     "cni": "bench.cni",
     "lab": "bench.lab",
     "datapath": "bench.datapath",
+    "reliability": "bench.reliability",
 }
 
 

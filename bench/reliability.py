@@ -1,0 +1,513 @@
+"""`python -m bench reliability SCENARIO`: Plumb under faults (issue 7), one scenario per run,
+each on a lab of its own with pods and NetworkPolicies whose verdicts are known, printing its
+figures and, as its last line, one JSON object. The tests in tests/reliability run the same
+scenario functions with smaller numbers and assert on the figures; docs/reliability.md records
+them.
+
+Traffic is watched by *lanes*: one thread per (source pod, destination pod, protocol) that has
+entered the source pod's network namespace and probes back to back, each probe a new TCP
+connection or an ICMP echo with a new identifier (so each is a new conntrack entry and crosses
+the policy tables), one attempt, one timeout. A lane whose verdict is "allowed" must never fail;
+one whose verdict is "denied" must never connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import socket
+import statistics
+import struct
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cni.netns import enter_netns
+from flows.cookie import Cookie
+from lab import apply as lab_apply
+from lab import cluster, faults, host, pods
+from lab.layout import HEALTH_PORT, LabLayout, NodeLayout
+from lab.objects import normalized
+
+Progress = Callable[[str], None]
+NAMESPACE = "rel"
+PROBE_TIMEOUT = 1.0  # one SYN or echo lost costs Linux a 1 s retransmission: a failure
+PROBE_INTERVAL = 0.1
+CONVERGE_TIMEOUT = 20.0
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- the world: a lab with pods and policies whose verdicts are known --------------------------
+
+# (name, node, labels): clients and servers on both nodes; every pod serves TCP 80.
+PODS: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("client", "node1", {"app": "client"}),
+    ("local-web", "node1", {"app": "web"}),
+    ("web", "node2", {"app": "web"}),
+    ("db", "node2", {"app": "db"}),
+    ("peer", "node2", {"app": "client", "role": "peer"}),
+)
+
+
+def _policy(name: str, selector: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"podSelector": {"matchLabels": selector}, **spec},
+    }
+
+
+CLIENTS = {"podSelector": {"matchLabels": {"app": "client"}}}
+POLICIES: tuple[dict[str, Any], ...] = (
+    # web (both nodes) takes anything, ICMP included, from clients only.
+    _policy("web-from-clients", {"app": "web"}, {"ingress": [{"from": [CLIENTS]}]}),
+    # db takes nothing.
+    _policy("db-isolated", {"app": "db"}, {"policyTypes": ["Ingress"]}),
+    # peer may talk to web pods only.
+    _policy(
+        "peer-to-web",
+        {"role": "peer"},
+        {
+            "policyTypes": ["Egress"],
+            "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "web"}}}]}],
+        },
+    ),
+)
+# (source, destination, allowed): cross-node and same-node, both directions, through ingress
+# and egress policies.
+VERDICTS: tuple[tuple[str, str, bool], ...] = (
+    ("client", "web", True),  # node1 -> node2, web's ingress allows clients
+    ("client", "local-web", True),  # same node, same policy
+    ("web", "client", True),  # node2 -> node1, nothing isolates client
+    ("peer", "web", True),  # same node, peer's egress and web's ingress allow
+    ("peer", "local-web", True),  # node2 -> node1 through both
+    ("client", "db", False),  # db is isolated
+    ("web", "db", False),
+    ("peer", "client", False),  # peer's egress allows web only
+)
+PROTOCOLS = ("TCP", "ICMP")
+
+
+def pod_objects(namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """The world's pods as the lab applies them."""
+    return [
+        normalized(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+                "spec": {
+                    "nodeName": node,
+                    "containers": [
+                        {"name": "c", "image": "none", "ports": [{"containerPort": 80}]}
+                    ],
+                },
+            },
+            "bench.reliability",
+        )
+        for name, node, labels in PODS
+    ]
+
+
+@dataclass
+class World:
+    """A running lab holding the world's pods and policies."""
+
+    layout: LabLayout
+    progress: Progress = _quiet
+
+    def node(self, name: str) -> NodeLayout:
+        return self.layout.node_by_name(name)
+
+    def pod(self, name: str, namespace: str = NAMESPACE) -> pods.PodRecord:
+        rec = pods.record(self.layout, namespace, name)
+        if rec is None or not rec.ip:
+            raise RuntimeError(f"pod {namespace}/{name} has no IP in lab {self.layout.name}")
+        return rec
+
+    def lanes(self, protocols: Sequence[str] = PROTOCOLS) -> list[Lane]:
+        return [
+            Lane(self.pod(src), self.pod(dst), proto, allowed)
+            for src, dst, allowed in VERDICTS
+            for proto in protocols
+        ]
+
+    def apply(self, objects: Sequence[dict[str, Any]]) -> None:
+        outcome = lab_apply.apply(self.layout, objects, self.progress)
+        if outcome.errors:
+            raise RuntimeError("; ".join(outcome.errors))
+
+    def delete(self, objects: Sequence[dict[str, Any]]) -> None:
+        outcome = lab_apply.delete(self.layout, objects, self.progress)
+        if outcome.errors:
+            raise RuntimeError("; ".join(outcome.errors))
+
+
+def lab_name(prefix: str = "rel") -> str:
+    """A fresh lab name, never the default `plumb`."""
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+@contextlib.contextmanager
+def world(
+    nodes: int = 2,
+    encap: str = "geneve",
+    progress: Progress = _quiet,
+    name: str | None = None,
+    populated: bool = True,
+) -> Iterator[World]:
+    """A lab of its own with the world's pods and policies, converged; taken down afterwards,
+    whatever happens."""
+    layout = LabLayout(name or lab_name())
+    try:
+        cluster.up(layout.name, nodes, encap, progress=progress)
+        w = World(layout, progress)
+        if populated:
+            w.apply([*pod_objects(), *(normalized(dict(p), "bench") for p in POLICIES)])
+            converge(w.lanes())
+        yield w
+    finally:
+        cluster.down(layout.name)
+
+
+def converge(lanes: Sequence[Lane], timeout: float = CONVERGE_TIMEOUT) -> None:
+    """Wait until every lane gives its verdict (agents learn remote pods' addresses from the
+    manifests they poll); RuntimeError naming the lanes that never did."""
+    deadline = time.monotonic() + timeout
+    wrong = list(lanes)
+    while wrong:
+        wrong = [lane for lane in wrong if lane.probe_once(0.5)[0] != lane.allowed]
+        if wrong and time.monotonic() > deadline:
+            raise RuntimeError(f"verdicts not reached within {timeout:g}s: {wrong}")
+
+
+# --- traffic: lanes of back-to-back probes ----------------------------------------------------
+
+
+@dataclass
+class Lane:
+    """Probes from one pod to another over one protocol, with the verdict they must give."""
+
+    src: pods.PodRecord
+    dst: pods.PodRecord
+    protocol: str  # TCP (port 80) or ICMP
+    allowed: bool
+    results: list[tuple[float, float, bool]] = field(default_factory=list)  # start, end, ok
+    _ident: int = field(default_factory=lambda: int.from_bytes(os.urandom(2), "big"))
+
+    def __repr__(self) -> str:
+        verdict = "allowed" if self.allowed else "denied"
+        return f"{self.src.name}->{self.dst.name}/{self.protocol}({verdict})"
+
+    def probe_once(self, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
+        """One probe from inside the source pod (by a thread that enters it)."""
+        box: list[tuple[bool, str]] = []
+        thread = threading.Thread(target=lambda: box.append(self._in_pod(timeout)))
+        thread.start()
+        thread.join()
+        return box[0]
+
+    def _in_pod(self, timeout: float) -> tuple[bool, str]:
+        enter_netns(host.netns_path(self.src.netns))
+        return self._probe(timeout)
+
+    def _probe(self, timeout: float) -> tuple[bool, str]:
+        if self.protocol == "TCP":
+            return _tcp_probe(self.dst.ip, 80, timeout)
+        self._ident = (self._ident + 1) & 0xFFFF
+        return _icmp_probe(self.dst.ip, self._ident, timeout)
+
+    def run(self, stop: threading.Event, interval: float, timeout: float) -> None:
+        """Probe back to back until `stop`; the calling thread enters the source pod."""
+        enter_netns(host.netns_path(self.src.netns))
+        while not stop.is_set():
+            start = time.monotonic()
+            ok, _ = self._probe(timeout)
+            self.results.append((start, time.monotonic(), ok))
+            stop.wait(interval)
+
+    def failures(self) -> int:
+        """Probes that gave the wrong verdict."""
+        return sum(ok != self.allowed for _, _, ok in self.results)
+
+    def longest_outage(self) -> float:
+        """Seconds from the start of the first failed probe of a run of failures to the end of
+        the next successful one (to the end of the last probe if none came)."""
+        longest, began = 0.0, None
+        for start, end, ok in self.results:
+            if not ok and began is None:
+                began = start
+            elif ok and began is not None:
+                longest, began = max(longest, end - began), None
+        if began is not None and self.results:
+            longest = max(longest, self.results[-1][1] - began)
+        return longest
+
+
+def _tcp_probe(ip: str, port: int, timeout: float) -> tuple[bool, str]:
+    """One connection attempt: a single SYN and Linux's own retransmission after 1 s."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True, ""
+    except TimeoutError:
+        return False, "timeout"
+    except OSError as exc:
+        return False, exc.strerror or str(exc)
+
+
+def _icmp_checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+
+def _icmp_probe(ip: str, ident: int, timeout: float) -> tuple[bool, str]:
+    """One ICMP echo with identifier `ident`; True when its reply came back in time."""
+    body = struct.pack("!HH", ident, 1) + b"plumb-reliability"
+    packet = struct.pack("!BBH", 8, 0, _icmp_checksum(b"\x08\0\0\0" + body)) + body
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.sendto(packet, (ip, 0))
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                reply = sock.recv(2048)
+            except TimeoutError:
+                break
+            header = reply[(reply[0] & 0x0F) * 4 :]
+            if header[0] == 0 and struct.unpack("!H", header[4:6])[0] == ident:
+                return True, ""
+    return False, "timeout"
+
+
+@dataclass
+class TrafficFigures:
+    """What the lanes saw."""
+
+    allowed_probes: int
+    failed: int  # allowed probes that did not connect
+    max_outage_ms: float
+    denied_probes: int
+    leaked: int  # denied probes that connected
+    failing_lanes: list[str]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "allowed_probes": self.allowed_probes,
+            "failed": self.failed,
+            "max_outage_ms": round(self.max_outage_ms, 1),
+            "denied_probes": self.denied_probes,
+            "leaked": self.leaked,
+            "failing_lanes": self.failing_lanes,
+        }
+
+
+class Traffic:
+    """Every lane probing in a thread of its own until `stop`."""
+
+    def __init__(
+        self,
+        lanes: Sequence[Lane],
+        interval: float = PROBE_INTERVAL,
+        timeout: float = PROBE_TIMEOUT,
+    ) -> None:
+        self.lanes = list(lanes)
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=lane.run, args=(self._stop, interval, timeout), daemon=True)
+            for lane in self.lanes
+        ]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> TrafficFigures:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        return self.figures()
+
+    def figures(self) -> TrafficFigures:
+        allowed = [lane for lane in self.lanes if lane.allowed]
+        denied = [lane for lane in self.lanes if not lane.allowed]
+        return TrafficFigures(
+            allowed_probes=sum(len(lane.results) for lane in allowed),
+            failed=sum(lane.failures() for lane in allowed),
+            max_outage_ms=max((lane.longest_outage() for lane in allowed), default=0.0) * 1000,
+            denied_probes=sum(len(lane.results) for lane in denied),
+            leaked=sum(lane.failures() for lane in denied),
+            failing_lanes=[repr(lane) for lane in self.lanes if lane.failures()],
+        )
+
+    def first_success_after(self, moment: float) -> float | None:
+        """Seconds from `moment` until every allowed lane has had a successful probe that
+        started after it (None if one never did)."""
+        latest = 0.0
+        for lane in self.lanes:
+            if not lane.allowed:
+                continue
+            ends = [end for start, end, ok in lane.results if ok and start >= moment]
+            if not ends:
+                return None
+            latest = max(latest, ends[0] - moment)
+        return latest
+
+
+# --- what a node holds: flows by round, ports, metrics -----------------------------------------
+
+
+def dump_flows(node: NodeLayout) -> list[str]:
+    """The bridge's flows as `ovs-ofctl` prints them (through its management socket)."""
+    mgmt = node.ovs_rundir / "br-int.mgmt"
+    out = host.run(["ovs-ofctl", "-O", "OpenFlow15", "--no-stats", "dump-flows", str(mgmt)])
+    return [line for line in out.splitlines() if "cookie=" in line]
+
+
+def flow_rounds(node: NodeLayout) -> Counter[int]:
+    """How many flows of each restart round the bridge holds."""
+    rounds: Counter[int] = Counter()
+    for line in dump_flows(node):
+        cookie = int(re.search(r"cookie=(0x[0-9a-f]+)", line).group(1), 16)  # type: ignore[union-attr]
+        rounds[Cookie.decode(cookie).round] += 1
+    return rounds
+
+
+def bridge_round(node: NodeLayout) -> int:
+    """The round the agent persisted on the bridge (external_ids plumb.round)."""
+    ovs = cluster.node_ovs(node)
+    value = ovs.vsctl("--if-exists", "get", "Bridge", "br-int", "external_ids:plumb.round")
+    return int(value.strip().strip('"') or 0)
+
+
+def bridge_ports(node: NodeLayout) -> list[str]:
+    """br-int's port names, repeats kept (a duplicate port would show twice)."""
+    out = cluster.node_ovs(node).vsctl("--format=json", "--columns=name", "list", "Port")
+    rows = json.loads(out)["data"]
+    return sorted(row[0] for row in rows)
+
+
+def agent_metrics(node: NodeLayout) -> dict[str, float]:
+    """The agent's /metrics, samples by their full name with labels."""
+    sock = host.socket_in(node.netns, socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", HEALTH_PORT))
+        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: plumb\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    samples: dict[str, float] = {}
+    for line in data.decode().split("\r\n\r\n", 1)[-1].splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                samples[name] = float(value)
+    return samples
+
+
+def flow_mods(node: NodeLayout) -> int:
+    """Flow operations the agent has committed (add + modify + delete)."""
+    m = agent_metrics(node)
+    return int(sum(v for k, v in m.items() if k.startswith("plumb_agent_flow_operations_total")))
+
+
+def agent_rss(node: NodeLayout) -> int:
+    """The agent's resident memory in bytes (from /proc, by its recorded PID)."""
+    pid = cluster.agent_pid(node)
+    if pid is None:
+        raise RuntimeError(f"{node.name}: no agent")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{node.name}: no VmRSS for pid {pid}")
+
+
+# --- scenario: agent restart ------------------------------------------------------------------
+
+
+def agent_restart(
+    runs: int = 10, node: str = "node2", kill: str = "alternate", progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Restart one agent `runs` times while every lane probes; then no flow of an older round
+    may remain on its bridge. `kill`: "never" (SIGTERM), "always" (SIGKILL, a crash) or
+    "alternate" (every other restart is a crash)."""
+    with world(progress=progress) as w:
+        target = w.node(node)
+        away: list[float] = []
+        with Traffic(w.lanes()) as traffic:
+            time.sleep(1.0)
+            for i in range(runs):
+                hard = kill == "always" or (kill == "alternate" and i % 2 == 1)
+                done = faults.restart(w.layout, node, "agent", hard=hard)
+                away.append(done.away_s)
+                progress(f"restart {i + 1}/{runs} ({done.signal}): agent away {done.away_s:.2f}s")
+                time.sleep(0.5)
+            time.sleep(1.0)
+        figures = traffic.figures()
+        rounds = flow_rounds(target)
+        current = bridge_round(target)
+    return {
+        "scenario": "agent-restart",
+        "runs": runs,
+        "kill": kill,
+        "agent_away_s_max": round(max(away), 3),
+        "agent_away_s_median": round(statistics.median(away), 3),
+        **figures.to_json(),
+        "round": current,
+        "flows_of_current_round": rounds[current],
+        "flows_of_older_rounds": sum(n for r, n in rounds.items() if r != current),
+    }
+
+
+# --- the command line -------------------------------------------------------------------------
+
+SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "agent-restart": lambda a: agent_restart(a.runs or 10, kill=a.kill, progress=a.progress),
+}
+
+
+def _print(figures: dict[str, Any]) -> None:
+    for key, value in figures.items():
+        print(f"{key:<34} {value}")
+    print(json.dumps(figures), flush=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench reliability", description=__doc__)
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("--runs", type=int, default=0, help="Repetitions (scenario default).")
+    parser.add_argument(
+        "--kill",
+        choices=("never", "always", "alternate"),
+        default="alternate",
+        help="Restarts by SIGKILL (a crash): never, always, or every other one.",
+    )
+    args = parser.parse_args(list(argv))
+    if os.geteuid() != 0:
+        print("bench reliability needs root (namespaces, OVS)", flush=True)
+        return 2
+    args.progress = say
+    _print(SCENARIOS[args.scenario](args))
+    return 0
