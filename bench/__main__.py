@@ -12,6 +12,7 @@ BENCHMARKS = {
     "lab": "bench.lab",
     "datapath": "bench.datapath",
     "reliability": "bench.reliability",
+    "policy": "bench.policy",
 }
 
 

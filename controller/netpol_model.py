@@ -22,6 +22,7 @@ pods without an address, are neither selected nor matched as peers.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -477,20 +478,43 @@ def block_contains(block: IPBlock, ip: str) -> bool:
 # --- the incremental model ---------------------------------------------------------------------
 
 PeerId = tuple[Direction, int, int]  # (direction, rule index, peer index; -1 for ALL_PODS)
+# Equal selector peers of different policies share one member set. A peer without a namespace
+# selector is scoped to its policy's namespace (third item); one with a namespace selector is not.
+GroupKey = tuple[LabelSelector | None, LabelSelector | None, str | None]
 
 
 @dataclass(slots=True)
-class _PeerState:
-    peer: PeerSpec
-    namespaces: set[str] | None  # namespaces it can match; None: all
+class _Group:
+    """The pods one selector peer selects, shared by every policy with that peer."""
+
+    namespace_selector: LabelSelector | None
+    pod_selector: LabelSelector | None
+    namespaces: set[str]  # the namespaces whose pods it may select
     members: set[PodKey] = field(default_factory=set)
+    users: set[PolicyKey] = field(default_factory=set)
+    version: int = 0  # new whenever the members or a member's attributes change
+    # The members' addresses as of `version`: one shared value for every rule using the group.
+    addresses: tuple[int, frozenset[str]] = (-1, frozenset())
+
+    def selects(self, pod: PodInfo) -> bool:
+        return (
+            pod.selectable
+            and pod.namespace in self.namespaces
+            and (self.pod_selector is None or self.pod_selector.matches(pod.labels))
+        )
+
+
+RuleSlot = tuple[Direction, int]
 
 
 @dataclass(slots=True)
 class _PolicyState:
     spec: PolicySpec
     targets: set[PodKey] = field(default_factory=set)
-    peers: dict[PeerId, _PeerState] = field(default_factory=dict)
+    targets_version: int = 0
+    peers: dict[PeerId, GroupKey] = field(default_factory=dict)
+    # Per rule: the versions of its inputs when last compiled, and what it compiled to.
+    compiled: dict[RuleSlot, tuple[tuple[int, ...], tuple[Rule, ...]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,9 +531,10 @@ class PolicyModel:
     """Pods, namespaces and policies, with each policy's selected pods kept up to date.
 
     Every `set_*` returns the keys of the policies whose rules may have changed; `compile`
-    turns one of them into rules. A change costs what it touches: a pod is checked against the
-    policies of its namespace and those whose namespace selectors can reach it, a namespace
-    against the policies with namespace selectors, a policy against the pods in its scope.
+    turns one of them into rules. A change costs what it touches: equal selector peers of all
+    policies share one member set (a group), so a pod is checked once per group that can see
+    its namespace and once per policy of its namespace (targets), a namespace once per group
+    with a namespace selector; and compiling reuses each rule whose inputs did not change.
     """
 
     def __init__(self) -> None:
@@ -520,10 +545,11 @@ class PolicyModel:
         self._ns_labels: dict[str, dict[str, str]] = {}
         self._policies: dict[PolicyKey, _PolicyState] = {}
         self._errors: dict[PolicyKey, PolicyError] = {}
-        self._by_namespace: dict[str, set[PolicyKey]] = {}
-        self._ns_watchers: dict[str, set[PolicyKey]] = {}  # via namespace selectors
-        self._all_ns_watchers: set[PolicyKey] = set()  # ALL_PODS peers
-        self._ns_selecting: set[PolicyKey] = set()
+        self._by_namespace: dict[str, set[PolicyKey]] = {}  # policies by their own namespace
+        self._groups: dict[GroupKey, _Group] = {}
+        self._groups_by_ns: dict[str, set[GroupKey]] = {}  # groups that may select its pods
+        self._selector_groups: set[GroupKey] = set()  # groups with a namespace selector
+        self._versions = itertools.count(1)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -539,6 +565,9 @@ class PolicyModel:
 
     def pod(self, key: PodKey) -> PodInfo | None:
         return self._pods.get(key)
+
+    def group_count(self) -> int:
+        return len(self._groups)
 
     def world(self) -> World:
         """Everything the verdict needs, as of now."""
@@ -565,49 +594,43 @@ class PolicyModel:
     def _namespace_changed(self, name: str) -> set[PolicyKey]:
         labels = self.labels_of(name)
         dirty: set[PolicyKey] = set()
-        for key in self._ns_selecting:
-            state = self._policies[key]
-            for peer_state in state.peers.values():
-                selector = peer_state.peer.namespace_selector
-                if peer_state.namespaces is None or selector is None:
-                    continue
-                if self._move_namespace(key, state, peer_state, name, selector.matches(labels)):
-                    dirty.add(key)
+        for group_key in self._selector_groups:
+            group = self._groups[group_key]
+            assert group.namespace_selector is not None
+            selected = group.namespace_selector.matches(labels)
+            if self._move_namespace(group_key, group, name, selected):
+                dirty |= group.users
         return dirty
 
     def _move_namespace(
-        self,
-        key: PolicyKey,
-        state: _PolicyState,
-        peer_state: _PeerState,
-        namespace: str,
-        selected: bool,
+        self, group_key: GroupKey, group: _Group, namespace: str, selected: bool
     ) -> bool:
-        assert peer_state.namespaces is not None
-        if selected == (namespace in peer_state.namespaces):
+        """Let the group see a namespace's pods or not; True if its members changed."""
+        if selected == (namespace in group.namespaces):
             return False
+        pods = self._pods_by_ns.get(namespace, set())
         if selected:
-            peer_state.namespaces.add(namespace)
-            self._ns_watchers.setdefault(namespace, set()).add(key)
+            group.namespaces.add(namespace)
+            self._groups_by_ns.setdefault(namespace, set()).add(group_key)
+            added = {k for k in pods if group.selects(self._pods[k])}
+            changed = bool(added - group.members)
+            group.members |= added
         else:
-            peer_state.namespaces.discard(namespace)
-            self._unwatch_if_unused(key, state, namespace)
-        before = set(peer_state.members)
-        peer_state.members = {m for m in peer_state.members if m[0] != namespace}
-        if selected:
-            peer_state.members.update(self._members_in(state.spec, peer_state.peer, namespace))
-        return before != peer_state.members
+            group.namespaces.discard(namespace)
+            self._unindex_group(namespace, group_key)
+            gone = group.members & pods
+            changed = bool(gone)
+            group.members -= gone
+        if changed:
+            group.version = next(self._versions)
+        return changed
 
-    def _unwatch_if_unused(self, key: PolicyKey, state: _PolicyState, namespace: str) -> None:
-        if any(
-            p.namespaces is not None and namespace in p.namespaces for p in state.peers.values()
-        ):
-            return
-        watchers = self._ns_watchers.get(namespace)
-        if watchers is not None:
-            watchers.discard(key)
-            if not watchers:
-                del self._ns_watchers[namespace]
+    def _unindex_group(self, namespace: str, group_key: GroupKey) -> None:
+        indexed = self._groups_by_ns.get(namespace)
+        if indexed is not None:
+            indexed.discard(group_key)
+            if not indexed:
+                del self._groups_by_ns[namespace]
 
     # --- pods --------------------------------------------------------------------------------
 
@@ -649,8 +672,16 @@ class PolicyModel:
                 self._namespace_changed(namespace)  # first sight of a namespace without object
             self._pods_by_ns.setdefault(namespace, set()).add(key)
         dirty: set[PolicyKey] = set()
-        for policy in self._candidates(namespace):
-            if self._apply_pod(self._policies[policy], key, old, new):
+        for group_key in self._groups_by_ns.get(namespace, ()):
+            group = self._groups[group_key]
+            member = new is not None and group.selects(new)
+            if _set_member(group.members, key, member, old != new):
+                group.version = next(self._versions)
+                dirty |= group.users
+        for policy in self._by_namespace.get(namespace, ()):
+            state = self._policies[policy]
+            if _set_member(state.targets, key, _is_target(state.spec, new), old != new):
+                state.targets_version = next(self._versions)
                 dirty.add(policy)
         return dirty
 
@@ -669,42 +700,6 @@ class PolicyModel:
             info.finished,
             local,
         )
-
-    def _candidates(self, namespace: str) -> set[PolicyKey]:
-        return (
-            self._by_namespace.get(namespace, set())
-            | self._ns_watchers.get(namespace, set())
-            | self._all_ns_watchers
-        )
-
-    def _apply_pod(
-        self, state: _PolicyState, key: PodKey, old: PodInfo | None, new: PodInfo | None
-    ) -> bool:
-        """Move the pod in or out of the policy's targets and peers; True if anything changed."""
-        changed = _set_member(state.targets, key, self._is_target(state.spec, new), old != new)
-        labels = self.labels_of(key[0])
-        for peer_state in state.peers.values():
-            member = new is not None and self._peer_member(state.spec, peer_state, new, labels)
-            changed |= _set_member(peer_state.members, key, member, old != new)
-        return changed
-
-    @staticmethod
-    def _is_target(spec: PolicySpec, pod: PodInfo | None) -> bool:
-        return (
-            pod is not None
-            and pod.local is not None
-            and pod.selectable
-            and pod.namespace == spec.namespace
-            and spec.pod_selector.matches(pod.labels)
-        )
-
-    @staticmethod
-    def _peer_member(
-        spec: PolicySpec, peer_state: _PeerState, pod: PodInfo, labels: Labels
-    ) -> bool:
-        if peer_state.namespaces is not None and pod.namespace not in peer_state.namespaces:
-            return False
-        return peer_selects(peer_state.peer, spec.namespace, pod, labels)
 
     # --- policies ----------------------------------------------------------------------------
 
@@ -733,53 +728,52 @@ class PolicyModel:
         state = self._policies.pop(key, None)
         if state is None:
             return
-        self._by_namespace[key[0]].discard(key)
-        for peer_state in state.peers.values():
-            for namespace in peer_state.namespaces or ():
-                watchers = self._ns_watchers.get(namespace)
-                if watchers is not None:
-                    watchers.discard(key)
-                    if not watchers:
-                        del self._ns_watchers[namespace]
-        self._all_ns_watchers.discard(key)
-        self._ns_selecting.discard(key)
+        policies = self._by_namespace[key[0]]
+        policies.discard(key)
+        if not policies:
+            del self._by_namespace[key[0]]
+        for group_key in set(state.peers.values()):
+            group = self._groups[group_key]
+            group.users.discard(key)
+            if not group.users:
+                self._drop_group(group_key, group)
+
+    def _drop_group(self, group_key: GroupKey, group: _Group) -> None:
+        del self._groups[group_key]
+        self._selector_groups.discard(group_key)
+        for namespace in group.namespaces:
+            self._unindex_group(namespace, group_key)
 
     def _add_policy(self, key: PolicyKey, spec: PolicySpec) -> None:
-        state = _PolicyState(spec)
+        state = _PolicyState(spec, targets_version=next(self._versions))
         self._policies[key] = state
         self._by_namespace.setdefault(spec.namespace, set()).add(key)
         for pod_key in self._pods_by_ns.get(spec.namespace, ()):
-            if self._is_target(spec, self._pods[pod_key]):
+            if _is_target(spec, self._pods[pod_key]):
                 state.targets.add(pod_key)
         for peer_id, peer in _selector_peers(spec):
-            state.peers[peer_id] = self._new_peer_state(key, spec, peer)
+            group_key = _group_key(spec, peer)
+            group = self._groups.get(group_key) or self._new_group(group_key)
+            group.users.add(key)
+            state.peers[peer_id] = group_key
 
-    def _new_peer_state(self, key: PolicyKey, spec: PolicySpec, peer: PeerSpec) -> _PeerState:
-        if peer is ALL_PODS:
-            self._all_ns_watchers.add(key)
-            namespaces = None
-            scope: Iterable[str] = list(self._pods_by_ns)
-        elif peer.namespace_selector is None:
-            namespaces = {spec.namespace}
-            scope = namespaces
+    def _new_group(self, group_key: GroupKey) -> _Group:
+        namespace_selector, pod_selector, scope = group_key
+        if namespace_selector is None:
+            assert scope is not None
+            namespaces = {scope}
         else:
-            self._ns_selecting.add(key)
-            selector = peer.namespace_selector
             known = self._ns_labels.keys() | self._pods_by_ns.keys()
-            namespaces = {ns for ns in known if selector.matches(self.labels_of(ns))}
-            for namespace in namespaces:
-                self._ns_watchers.setdefault(namespace, set()).add(key)
-            scope = namespaces
-        state = _PeerState(peer, namespaces)
-        for namespace in scope:
-            state.members.update(self._members_in(spec, peer, namespace))
-        return state
-
-    def _members_in(self, spec: PolicySpec, peer: PeerSpec, namespace: str) -> Iterator[PodKey]:
-        labels = self.labels_of(namespace)
-        for pod_key in self._pods_by_ns.get(namespace, ()):
-            if peer_selects(peer, spec.namespace, self._pods[pod_key], labels):
-                yield pod_key
+            namespaces = {ns for ns in known if namespace_selector.matches(self.labels_of(ns))}
+            self._selector_groups.add(group_key)
+        group = _Group(namespace_selector, pod_selector, namespaces, version=next(self._versions))
+        for namespace in namespaces:
+            self._groups_by_ns.setdefault(namespace, set()).add(group_key)
+            for pod_key in self._pods_by_ns.get(namespace, ()):
+                if group.selects(self._pods[pod_key]):
+                    group.members.add(pod_key)
+        self._groups[group_key] = group
+        return group
 
     # --- compilation -------------------------------------------------------------------------
 
@@ -789,15 +783,36 @@ class PolicyModel:
         if state is None:
             return CompiledPolicy(key, (), {}, ())
         spec = state.spec
-        targets = [self._pods[k] for k in sorted(state.targets)]
-        locals_ = frozenset(p.local for p in targets if p.local is not None)
+        targets = sorted(state.targets)
+        locals_ = frozenset(local for k in targets if (local := self._pods[k].local) is not None)
         rules: list[Rule] = []
         if locals_:
             for direction in (Direction.INGRESS, Direction.EGRESS):
                 for index, rule in enumerate(spec.rules(direction)):
-                    rules.extend(self._rule(state, direction, index, rule, targets, locals_))
+                    rules.extend(self._cached_rules(state, direction, index, rule, locals_))
         isolated = {d: locals_ for d in spec.types}
-        return CompiledPolicy(key, tuple(rules), isolated, tuple(sorted(state.targets)))
+        return CompiledPolicy(key, tuple(rules), isolated, tuple(targets))
+
+    def _cached_rules(
+        self,
+        state: _PolicyState,
+        direction: Direction,
+        index: int,
+        rule: RuleSpec,
+        locals_: frozenset[LocalTarget],
+    ) -> tuple[Rule, ...]:
+        groups = [
+            self._groups[group_key]
+            for (peer_direction, peer_index, _), group_key in state.peers.items()
+            if peer_direction is direction and peer_index == index
+        ]
+        inputs = (state.targets_version, *(g.version for g in groups))
+        cached = state.compiled.get((direction, index))
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        made = tuple(self._rule(state, direction, index, rule, locals_, groups))
+        state.compiled[(direction, index)] = (inputs, made)
+        return made
 
     def _rule(
         self,
@@ -805,15 +820,19 @@ class PolicyModel:
         direction: Direction,
         index: int,
         rule: RuleSpec,
-        targets: list[PodInfo],
         locals_: frozenset[LocalTarget],
+        groups: list[_Group],
     ) -> Iterator[Rule]:
         spec = state.spec
 
         def key(group: str = "") -> RuleKey:
             return RuleKey(spec.uid, direction, index, group)
 
-        peers = self._peers(state, direction, index, rule)
+        peers = None
+        if rule.peers is not None:
+            ips = frozenset().union(*(self._addresses(g) for g in groups))
+            blocks = frozenset(p.ip_block for p in rule.peers if p.ip_block is not None)
+            peers = Peers(ips, blocks)
         numeric = frozenset(
             PortRange(p.protocol, p.port, p.end_port or p.port)
             if isinstance(p.port, int)
@@ -831,7 +850,8 @@ class PolicyModel:
         if direction is Direction.INGRESS:
             # Named ports resolve on the target: pods that resolve alike share one rule.
             by_target: dict[frozenset[PortRange], set[LocalTarget]] = {}
-            for pod in targets:
+            for pod_key in state.targets:
+                pod = self._pods[pod_key]
                 if pod.local is not None:
                     by_target.setdefault(_resolution(pod, named), set()).add(pod.local)
             for ports, group in sorted(by_target.items(), key=lambda kv: resolution_group(kv[0])):
@@ -840,34 +860,36 @@ class PolicyModel:
             return
         # Egress: named ports resolve on the peer; ipBlock peers have no ports to resolve.
         by_peer: dict[frozenset[PortRange], set[str]] = {}
-        for pod_key in self._selected_peers(state, direction, index):
+        for pod_key in set().union(*(g.members for g in groups)):
             pod = self._pods[pod_key]
             if pod.ip is not None:
                 by_peer.setdefault(_resolution(pod, named), set()).add(pod.ip)
-        for ports, ips in sorted(by_peer.items(), key=lambda kv: resolution_group(kv[0])):
+        for ports, addresses in sorted(by_peer.items(), key=lambda kv: resolution_group(kv[0])):
             if ports:
-                yield Rule(key(resolution_group(ports)), locals_, Peers(frozenset(ips)), ports)
+                group_key = resolution_group(ports)
+                yield Rule(key(group_key), locals_, Peers(frozenset(addresses)), ports)
 
-    def _peers(
-        self, state: _PolicyState, direction: Direction, index: int, rule: RuleSpec
-    ) -> Peers | None:
-        if rule.peers is None:
-            return None
-        ips = {
-            ip
-            for pod_key in self._selected_peers(state, direction, index)
-            if (ip := self._pods[pod_key].ip) is not None
-        }
-        blocks = frozenset(p.ip_block for p in rule.peers if p.ip_block is not None)
-        return Peers(frozenset(ips), blocks)
+    def _addresses(self, group: _Group) -> frozenset[str]:
+        version, addresses = group.addresses
+        if version != group.version:
+            addresses = frozenset(ip for k in group.members if (ip := self._pods[k].ip) is not None)
+            group.addresses = (group.version, addresses)
+        return addresses
 
-    @staticmethod
-    def _selected_peers(state: _PolicyState, direction: Direction, index: int) -> set[PodKey]:
-        members: set[PodKey] = set()
-        for (peer_direction, peer_index, _), peer_state in state.peers.items():
-            if peer_direction is direction and peer_index == index:
-                members |= peer_state.members
-        return members
+
+def _is_target(spec: PolicySpec, pod: PodInfo | None) -> bool:
+    return (
+        pod is not None
+        and pod.local is not None
+        and pod.selectable
+        and pod.namespace == spec.namespace
+        and spec.pod_selector.matches(pod.labels)
+    )
+
+
+def _group_key(spec: PolicySpec, peer: PeerSpec) -> GroupKey:
+    scope = spec.namespace if peer.namespace_selector is None else None
+    return (peer.namespace_selector, peer.pod_selector, scope)
 
 
 def _set_member(members: set[PodKey], key: PodKey, member: bool, pod_changed: bool) -> bool:

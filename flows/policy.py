@@ -214,7 +214,9 @@ ClauseKey = tuple[str, str, Any]
 Clause = tuple[int, int]  # (clause number, clause count)
 
 
-def _peer_keys(tbl: str, peers: Peers) -> set[ClauseKey]:
+@functools.lru_cache(maxsize=4096)
+def _peer_keys(tbl: str, peers: Peers) -> frozenset[ClauseKey]:
+    """Cached: rules of many policies often allow the same peers (a shared selector)."""
     keys: set[ClauseKey] = set()
     for ip in peers.ips:
         cidr = parse_cidr(ip)
@@ -222,10 +224,10 @@ def _peer_keys(tbl: str, peers: Peers) -> set[ClauseKey]:
             keys.add((tbl, "peer", cidr))
     for block in peers.blocks:
         keys.update((tbl, "peer", cidr) for cidr in block_cidrs(block))
-    return keys
+    return frozenset(keys)
 
 
-def _service_keys(tbl: str, ports: frozenset[PortRange]) -> set[ClauseKey]:
+def _service_keys(tbl: str, ports: frozenset[PortRange]) -> frozenset[ClauseKey]:
     keys: set[ClauseKey] = set()
     for port in ports:
         if port.lo is None or port.hi is None:
@@ -233,28 +235,30 @@ def _service_keys(tbl: str, ports: frozenset[PortRange]) -> set[ClauseKey]:
             continue
         for value, mask in port_masks(port.lo, port.hi):
             keys.add((tbl, "service", (port.protocol, value, mask)))
-    return keys
+    return frozenset(keys)
 
 
-def _target_keys(tbl: str, direction: Direction, targets: frozenset[LocalTarget]) -> set[ClauseKey]:
+def _target_keys(
+    tbl: str, direction: Direction, targets: frozenset[LocalTarget]
+) -> frozenset[ClauseKey]:
     if direction is Direction.INGRESS:
-        return {(tbl, "target", t.ofport) for t in targets}
+        return frozenset((tbl, "target", t.ofport) for t in targets)
     keys: set[ClauseKey] = set()
     for t in targets:
         cidr = parse_cidr(t.ip)
         if cidr is not None:
             keys.add((tbl, "source", cidr[0]))
-    return keys
+    return frozenset(keys)
 
 
-def _normalise_any(tbl: str, keys: set[ClauseKey]) -> set[ClauseKey] | None:
+def _normalise_any(tbl: str, keys: frozenset[ClauseKey]) -> frozenset[ClauseKey] | None:
     """A peer set covering 0.0.0.0/0 is no constraint at all: the dimension goes away."""
     if (tbl, "peer", (0, 0)) in keys:
         return None
     return keys
 
 
-def rule_clauses(rule: Rule) -> list[set[ClauseKey]]:
+def rule_clauses(rule: Rule) -> list[frozenset[ClauseKey]]:
     """The rule's clauses, in order from, to, service (only those it has); [] if it can
     never match (a dimension with no value). A lone dimension gets the catch-all clause."""
     tbl = _TABLES[rule.direction].rule
@@ -269,7 +273,7 @@ def rule_clauses(rule: Rule) -> list[set[ClauseKey]]:
     if any(not d for d in present):
         return []
     if len(present) == 1:
-        present.append({(tbl, "any", None)})
+        present.append(frozenset({(tbl, "any", None)}))
     return present
 
 
@@ -399,7 +403,7 @@ class ConjIdAllocator:
 class _Realised:
     conj_id: int
     rule: Rule
-    contributions: dict[ClauseKey, Clause]
+    clauses: list[frozenset[ClauseKey]]  # [] when the rule can never match
 
 
 class PolicyFlows:
@@ -463,23 +467,28 @@ class PolicyFlows:
         if old is not None and old.rule == rule:
             return
         conj_id = old.conj_id if old is not None else self.ids.allocate(key, now)
-        contributions = rule_contributions(rule)
-        previous = old.contributions if old is not None else {}
-        for clause_key, clause in previous.items():
-            if contributions.get(clause_key) != clause:
+        clauses = rule_clauses(rule)
+        previous = old.clauses if old is not None else []
+        n = len(clauses)
+        # Same clause layout: only the keys that moved in or out of a clause change (a peer
+        # joining a 1,000-peer rule is one key). Withdraw everything first: a key may move
+        # from one clause number to another when the layout changes.
+        same = len(previous) == n
+        for i, before in enumerate(previous):
+            for clause_key in before - clauses[i] if same else before:
                 self._withdraw(clause_key, conj_id, changed)
-        for clause_key, clause in contributions.items():
-            if previous.get(clause_key) != clause:
-                self._contexts.setdefault(clause_key, {})[conj_id] = clause
+        for i, after in enumerate(clauses):
+            for clause_key in after - previous[i] if same else after:
+                self._contexts.setdefault(clause_key, {})[conj_id] = (i + 1, n)
                 self._touch(clause_key, changed)
-        if old is None or bool(previous) != bool(contributions):
+        if old is None or bool(previous) != bool(clauses):
             changed.add(rule_owner(conj_id))
-        self._rules[key] = _Realised(conj_id, rule, contributions)
+        self._rules[key] = _Realised(conj_id, rule, clauses)
         self._by_conj[conj_id] = key
 
     def _remove_rule(self, key: RuleKey, now: float, changed: set[str]) -> None:
         old = self._rules.pop(key)
-        for clause_key in old.contributions:
+        for clause_key in set().union(*old.clauses):
             self._withdraw(clause_key, old.conj_id, changed)
         del self._by_conj[old.conj_id]
         self.ids.release(key, now)
@@ -535,7 +544,7 @@ class PolicyFlows:
     def owners(self) -> set[str]:
         """Every owner holding flows now."""
         live = {o for o in list(self._owner_key) if self.owner_flows(o)}
-        live.update(rule_owner(r.conj_id) for r in self._rules.values() if r.contributions)
+        live.update(rule_owner(r.conj_id) for r in self._rules.values() if r.clauses)
         if self._node_addresses:
             live.add(NODE_OWNER)
         return live
@@ -551,7 +560,7 @@ class PolicyFlows:
     def live(self, key: RuleKey) -> bool:
         """True when the rule can match something (it has flows)."""
         realised = self._rules.get(key)
-        return realised is not None and bool(realised.contributions)
+        return realised is not None and bool(realised.clauses)
 
     def contexts(self) -> Mapping[ClauseKey, Mapping[int, Clause]]:
         """Every clause key with its conjunction actions (conj id -> clause): read-only."""
@@ -580,7 +589,7 @@ class PolicyFlows:
 
     def _rule_flows(self, conj_id: int) -> list[Flow]:
         key = self._by_conj.get(conj_id)
-        if key is None or not self._rules[key].contributions:
+        if key is None or not self._rules[key].clauses:
             return []
         return rule_action_flows(key.direction, conj_id, self.round)
 

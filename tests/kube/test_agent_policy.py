@@ -15,8 +15,6 @@ from typing import Any
 import pytest
 
 from controller.agent import Agent
-from controller.policies import PolicyReconciler, local_pods_of
-from flows.pod import LocalNode
 from tests.kube.conftest import NODE
 from tests.kube.test_agent import world  # noqa: F401  (the fixture)
 from tests.kube.test_agent_pods import Pods, pings, run_in
@@ -46,34 +44,6 @@ sys.exit(0 if s.recv(2) == b"ok" else 1)
 """
 
 
-class PolicyAgent(Agent):
-    """The agent with the policy reconciler wired in the way the lead is asked to wire it (a
-    no-op once controller/agent.py does it itself)."""
-
-    policies: PolicyReconciler | None = None
-
-    def _start_pod_network(self, node: LocalNode) -> None:
-        super()._start_pod_network(node)
-        if isinstance(getattr(self, "policies", None), PolicyReconciler):
-            return
-        assert self.podnet is not None and self.switch is not None
-        podnet = self.podnet
-        self.policies = PolicyReconciler(
-            self.store,
-            self.switch,
-            self.round,
-            self.config.node_name,
-            lambda: local_pods_of(podnet.store.all()),
-        )
-        podnet._flows.listeners.append(self.policies.local_pod_changed)  # type: ignore[attr-defined]
-        self.policies.start()
-
-    def stop(self) -> None:
-        if self.policies is not None:
-            self.policies.stop()
-        super().stop()
-
-
 def wait_for(predicate: Callable[[], bool], timeout: float = 8.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,7 +60,7 @@ def connects(netns: str, ip: str, port: int) -> bool:
 class Cluster:
     """The agent, its API server and pods registered there the way kubelet would."""
 
-    def __init__(self, api: Any, agent: PolicyAgent, pods: Pods) -> None:
+    def __init__(self, api: Any, agent: Agent, pods: Pods) -> None:
         self.api, self.agent, self.pods = api, agent, pods
         self.servers: list[subprocess.Popen[str]] = []
 
@@ -132,7 +102,7 @@ class Cluster:
 @pytest.fixture
 def cluster(world, tmp_path) -> Iterator[Cluster]:  # noqa: F811
     api, ovs, config = world
-    agent = PolicyAgent(config, sync_timeout=10, netns=ovs.netns)
+    agent = Agent(config, sync_timeout=10, netns=ovs.netns)
     agent.start()
     made = Cluster(api, agent, Pods(config, tmp_path))
     try:

@@ -118,6 +118,27 @@ def test_egress_sources_match_the_pod_address_and_peers_the_destination():
     )
 
 
+def test_a_rule_changing_its_clause_layout_renumbers_its_clauses():
+    flows = PolicyFlows(2)
+    from_peer = Rule(key(), frozenset({A}), Peers(frozenset({"10.0.0.5"})))
+    on_port = Rule(key(), frozenset({A}), None, frozenset({PortRange(TCP, 80, 80)}))
+    flows.update_policy("x/p", [from_peer], {}, 0.0)
+    assert flows.contexts()[("IngressRule", "target", 3)] == {1: (2, 2)}
+    flows.update_policy("x/p", [on_port], {}, 0.0)
+    assert dict(flows.contexts()) == {
+        ("IngressRule", "target", 3): {1: (1, 2)},
+        ("IngressRule", "service", (TCP, 80, 0xFFFF)): {1: (2, 2)},
+    }
+
+
+def test_a_peer_joining_a_rule_touches_only_its_clause_key():
+    flows = PolicyFlows(2)
+    peers = frozenset(f"10.0.0.{i}" for i in range(1, 101))
+    flows.update_policy("x/p", [Rule(key(), frozenset({A}), Peers(peers))], {}, 0.0)
+    bigger = Rule(key(), frozenset({A}), Peers(peers | {"10.0.1.1"}))
+    assert flows.update_policy("x/p", [bigger], {}, 0.0) == {"policy/peer/10.0.1.1"}
+
+
 def test_isolation_drops_are_counted_across_policies():
     flows = PolicyFlows(1)
     flows.update_policy("x/one", [], {Direction.INGRESS: [A]}, 0.0)
