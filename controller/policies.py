@@ -189,9 +189,12 @@ class PolicyReconciler:
                 retry_at = time.monotonic() + delay
                 log.warning("policy flows not committed, retrying in %.2fs: %s", delay, exc)
             except Exception:
-                log.exception("policy reconciler failed; retrying")
+                # Level-triggered: the keys go back and are read from the store again.
+                log.exception("policy reconciler failed; retrying in %.1fs", self._retry_cap)
                 self._failures += 1
                 retry_at = time.monotonic() + self._retry_cap
+                with self._cond:
+                    self._pending.update(batch)
             with self._cond:
                 self._busy = False
                 self._retry_at = retry_at

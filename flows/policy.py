@@ -64,6 +64,13 @@ PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOL_NUMBERS.items()}
 _DST_FIELD = {IP_PROTO_TCP: "tcp_dst", IP_PROTO_UDP: "udp_dst", IP_PROTO_SCTP: "sctp_dst"}
 
 MAX_CONJ_SERIAL = (1 << 31) - 1
+# A conjunction action takes 16 bytes and an OpenFlow message at most 65,535: one clause flow
+# can serve about 4,000 rules at once.
+MAX_CONJUNCTIONS_PER_FLOW = 4000
+
+
+class PolicyFlowError(ValueError):
+    """Policy state that no OpenFlow flow can express."""
 
 
 class Direction(Enum):
@@ -582,6 +589,11 @@ class PolicyFlows:
         actions = self._contexts.get(key)
         if not actions:
             return None
+        if len(actions) > MAX_CONJUNCTIONS_PER_FLOW:
+            raise PolicyFlowError(
+                f"{len(actions)} rules share the clause {tbl} {key[1]}={key[2]}; one flow holds "
+                f"at most {MAX_CONJUNCTIONS_PER_FLOW} conjunctions"
+            )
         conjunctions = [Conjunction(c, i, n) for c, (i, n) in sorted(actions.items())]
         return table(tbl).flow(
             CLAUSE_PRIORITY, clause_match(key), conjunctions, self._shared_cookie

@@ -15,11 +15,13 @@ from flows.flow import Conjunction
 from flows.ofctl import render_flows
 from flows.policy import (
     MAX_CONJ_SERIAL,
+    MAX_CONJUNCTIONS_PER_FLOW,
     ConjIdAllocator,
     Direction,
     IPBlock,
     LocalTarget,
     Peers,
+    PolicyFlowError,
     PolicyFlows,
     PortRange,
     Rule,
@@ -137,6 +139,15 @@ def test_a_peer_joining_a_rule_touches_only_its_clause_key():
     flows.update_policy("x/p", [Rule(key(), frozenset({A}), Peers(peers))], {}, 0.0)
     bigger = Rule(key(), frozenset({A}), Peers(peers | {"10.0.1.1"}))
     assert flows.update_policy("x/p", [bigger], {}, 0.0) == {"policy/peer/10.0.1.1"}
+
+
+def test_a_clause_shared_by_more_rules_than_one_flow_holds_is_a_clear_error():
+    flows = PolicyFlows(2)
+    for i in range(MAX_CONJUNCTIONS_PER_FLOW + 1):
+        rule = Rule(RuleKey(f"u{i}", Direction.INGRESS, 0), frozenset({A}))
+        flows.update_policy(f"x/p{i}", [rule], {}, 0.0)
+    with pytest.raises(PolicyFlowError, match="4001 rules share the clause IngressRule target=3"):
+        flows.owner_flows("policy/ofport/3")
 
 
 def test_isolation_drops_are_counted_across_policies():
