@@ -23,19 +23,36 @@ pytestmark = pytest.mark.ovs
 
 SERVER = """
 import socket, sys, threading
-def serve(port):
+def echo(conn):
+    while data := conn.recv(100):
+        conn.sendall(data)
+def serve(port, keep):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port))
     s.listen(16)
     while True:
         conn, _ = s.accept()
-        conn.sendall(b"ok")
-        conn.close()
+        if keep:
+            threading.Thread(target=echo, args=(conn,), daemon=True).start()
+        else:
+            conn.sendall(b"ok")
+            conn.close()
 for port in sys.argv[1:]:
-    threading.Thread(target=serve, args=(int(port),), daemon=True).start()
+    threading.Thread(target=serve, args=(int(port), port == "8082"), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
+"""
+# One long-lived connection: each line on stdin goes out and its echo (or the failure) is told.
+SESSION = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+for line in sys.stdin:
+    try:
+        s.sendall(line.encode())
+        print("echo" if s.recv(100) else "closed", flush=True)
+    except OSError:
+        print("cut", flush=True)
 """
 CONNECT = """
 import socket, sys
@@ -60,8 +77,8 @@ def connects(netns: str, ip: str, port: int) -> bool:
 class Cluster:
     """The agent, its API server and pods registered there the way kubelet would."""
 
-    def __init__(self, api: Any, agent: Agent, pods: Pods) -> None:
-        self.api, self.agent, self.pods = api, agent, pods
+    def __init__(self, api: Any, ovs: Any, agent: Agent, pods: Pods) -> None:
+        self.api, self.ovs, self.agent, self.pods = api, ovs, agent, pods
         self.servers: list[subprocess.Popen[str]] = []
 
     def add(self, name: str, **labels: str) -> dict[str, str]:
@@ -80,7 +97,18 @@ class Cluster:
             },
         )
         server = subprocess.Popen(
-            ["ip", "netns", "exec", made["netns"], sys.executable, "-c", SERVER, "8080", "8081"],
+            [
+                "ip",
+                "netns",
+                "exec",
+                made["netns"],
+                sys.executable,
+                "-c",
+                SERVER,
+                "8080",
+                "8081",
+                "8082",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -104,7 +132,7 @@ def cluster(world, tmp_path) -> Iterator[Cluster]:  # noqa: F811
     api, ovs, config = world
     agent = Agent(config, sync_timeout=10, netns=ovs.netns)
     agent.start()
-    made = Cluster(api, agent, Pods(config, tmp_path))
+    made = Cluster(api, ovs, agent, Pods(config, tmp_path))
     try:
         yield made
     finally:
@@ -187,3 +215,30 @@ def test_a_label_change_and_an_egress_policy_take_effect_on_real_traffic(cluster
     assert wait_for(lambda: not connects(a["netns"], b["ip"], 8080)), "a may only send to 8081"
     assert not pings(a["netns"], b["ip"])
     assert connects(a["netns"], b["ip"], 8081)
+
+
+def test_established_connections_survive_a_policy_change_until_conntrack_is_flushed(cluster):
+    a = cluster.add("a", app="a")
+    b = cluster.add("b", app="b")
+    session = subprocess.Popen(
+        ["ip", "netns", "exec", a["netns"], sys.executable, "-c", SESSION, b["ip"], "8082"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    cluster.servers.append(session)
+    to_session, from_session = session.stdin, session.stdout
+    assert to_session is not None and from_session is not None
+
+    def say() -> str:
+        to_session.write("hello\n")
+        to_session.flush()
+        return from_session.readline().strip()
+
+    assert say() == "echo"
+    cluster.api.create("networkpolicies", netpol("deny", podSelector={"matchLabels": {"app": "b"}}))
+    assert wait_for(lambda: not connects(a["netns"], b["ip"], 8080)), "new connections are cut"
+    assert say() == "echo", "the established connection goes on through conntrack"
+    flushed = f"ct_nw_src={a['ip']},ct_nw_dst={b['ip']},ct_nw_proto=6,ct_tp_dst=8082"
+    cluster.ovs.appctl("dpctl/flush-conntrack", "zone=65520", flushed)
+    assert say() == "cut", "without its conntrack entry the connection meets the policy"
