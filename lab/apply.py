@@ -54,6 +54,8 @@ def apply(layout: LabLayout, objects: Sequence[Obj], progress: Progress) -> Outc
             out.lines.append(
                 f"{obj['kind'].lower()}/{ref(obj)} {'configured' if existed else 'created'}"
             )
+    for node in (o for o in objects if o["kind"] == "Node"):
+        out.lines.append(f"node/{ref(node)} skipped: nodes are made by `plumbctl lab up --nodes`")
     pods = [o for o in objects if o["kind"] == "Pod"]
     new = [p for p in pods if not _update_running(layout, manifests, p, out)]
     try:
