@@ -728,10 +728,11 @@ class PolicyModel:
         state = self._policies.pop(key, None)
         if state is None:
             return
-        policies = self._by_namespace[key[0]]
+        namespace = state.spec.namespace
+        policies = self._by_namespace[namespace]
         policies.discard(key)
         if not policies:
-            del self._by_namespace[key[0]]
+            del self._by_namespace[namespace]
         for group_key in set(state.peers.values()):
             group = self._groups[group_key]
             group.users.discard(key)

@@ -187,6 +187,16 @@ def test_pods_of_a_namespace_without_object_are_still_selected_by_name():
     assert rule.peers.ips == {"10.0.0.1"}
 
 
+def test_a_policy_stored_without_namespace_is_in_default_and_can_be_deleted():
+    model = PolicyModel()
+    obj = policy("default", "p")
+    del obj["metadata"]["namespace"]
+    assert model.set_policy(("", "p"), obj) == {("", "p")}
+    assert model.spec(("", "p")) is not None and model.spec(("", "p")).namespace == "default"
+    model.set_policy(("", "p"), None)
+    assert model.policy_keys() == []
+
+
 # --- properties ------------------------------------------------------------------------------
 
 
