@@ -192,7 +192,8 @@ def test_a_policy_stored_without_namespace_is_in_default_and_can_be_deleted():
     obj = policy("default", "p")
     del obj["metadata"]["namespace"]
     assert model.set_policy(("", "p"), obj) == {("", "p")}
-    assert model.spec(("", "p")) is not None and model.spec(("", "p")).namespace == "default"
+    spec = model.spec(("", "p"))
+    assert spec is not None and spec.namespace == "default"
     model.set_policy(("", "p"), None)
     assert model.policy_keys() == []
 
