@@ -35,7 +35,7 @@ from flows.cookie import Cookie
 from lab import apply as lab_apply
 from lab import cluster, faults, host, pods
 from lab.layout import HEALTH_PORT, LabLayout, NodeLayout
-from lab.objects import normalized
+from lab.objects import ManifestsDir, normalized
 
 Progress = Callable[[str], None]
 NAMESPACE = "rel"
@@ -104,25 +104,23 @@ VERDICTS: tuple[tuple[str, str, bool], ...] = (
 PROTOCOLS = ("TCP", "ICMP")
 
 
-def pod_objects(namespace: str = NAMESPACE) -> list[dict[str, Any]]:
-    """The world's pods as the lab applies them."""
-    return [
-        normalized(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
-                "spec": {
-                    "nodeName": node,
-                    "containers": [
-                        {"name": "c", "image": "none", "ports": [{"containerPort": 80}]}
-                    ],
-                },
-            },
-            "bench.reliability",
-        )
-        for name, node, labels in PODS
-    ]
+def pod_object(name: str, node: str, labels: dict[str, str]) -> dict[str, Any]:
+    """One pod of the world as the lab applies it: it serves TCP 80."""
+    container = {"name": "c", "image": "none", "ports": [{"containerPort": 80}]}
+    return normalized(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NAMESPACE, "labels": dict(labels)},
+            "spec": {"nodeName": node, "containers": [container]},
+        },
+        "bench.reliability",
+    )
+
+
+def pod_objects() -> list[dict[str, Any]]:
+    """The world's pods."""
+    return [pod_object(name, node, labels) for name, node, labels in PODS]
 
 
 @dataclass
@@ -215,6 +213,14 @@ class Lane:
         verdict = "allowed" if self.allowed else "denied"
         return f"{self.src.name}->{self.dst.name}/{self.protocol}({verdict})"
 
+    @property
+    def cross_node(self) -> bool:
+        return self.src.node != self.dst.node
+
+    def fresh(self) -> Lane:
+        """The same lane with no results (for a second prober alongside this one)."""
+        return Lane(self.src, self.dst, self.protocol, self.allowed)
+
     def probe_once(self, timeout: float = PROBE_TIMEOUT) -> tuple[bool, str]:
         """One probe from inside the source pod (by a thread that enters it)."""
         box: list[tuple[bool, str]] = []
@@ -225,9 +231,10 @@ class Lane:
 
     def _in_pod(self, timeout: float) -> tuple[bool, str]:
         enter_netns(host.netns_path(self.src.netns))
-        return self._probe(timeout)
+        return self.probe_here(timeout)
 
-    def _probe(self, timeout: float) -> tuple[bool, str]:
+    def probe_here(self, timeout: float) -> tuple[bool, str]:
+        """One probe from the calling thread, which has entered the source pod."""
         if self.protocol == "TCP":
             return _tcp_probe(self.dst.ip, 80, timeout)
         self._ident = (self._ident + 1) & 0xFFFF
@@ -238,7 +245,7 @@ class Lane:
         enter_netns(host.netns_path(self.src.netns))
         while not stop.is_set():
             start = time.monotonic()
-            ok, _ = self._probe(timeout)
+            ok, _ = self.probe_here(timeout)
             self.results.append((start, time.monotonic(), ok))
             stop.wait(interval)
 
@@ -275,7 +282,7 @@ def _icmp_checksum(data: bytes) -> int:
     data += b"\0" * (len(data) % 2)
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
+    return int(~(total + (total >> 16)) & 0xFFFF)
 
 
 def _icmp_probe(ip: str, ident: int, timeout: float) -> tuple[bool, str]:
@@ -304,6 +311,7 @@ class TrafficFigures:
     allowed_probes: int
     failed: int  # allowed probes that did not connect
     max_outage_ms: float
+    max_latency_ms: float  # the slowest allowed probe that connected
     denied_probes: int
     leaked: int  # denied probes that connected
     failing_lanes: list[str]
@@ -313,6 +321,7 @@ class TrafficFigures:
             "allowed_probes": self.allowed_probes,
             "failed": self.failed,
             "max_outage_ms": round(self.max_outage_ms, 1),
+            "max_latency_ms": round(self.max_latency_ms, 1),
             "denied_probes": self.denied_probes,
             "leaked": self.leaked,
             "failing_lanes": self.failing_lanes,
@@ -356,6 +365,11 @@ class Traffic:
             allowed_probes=sum(len(lane.results) for lane in allowed),
             failed=sum(lane.failures() for lane in allowed),
             max_outage_ms=max((lane.longest_outage() for lane in allowed), default=0.0) * 1000,
+            max_latency_ms=max(
+                (end - start for lane in allowed for start, end, ok in lane.results if ok),
+                default=0.0,
+            )
+            * 1000,
             denied_probes=sum(len(lane.results) for lane in denied),
             leaked=sum(lane.failures() for lane in denied),
             failing_lanes=[repr(lane) for lane in self.lanes if lane.failures()],
@@ -373,6 +387,28 @@ class Traffic:
                 return None
             latest = max(latest, ends[0] - moment)
         return latest
+
+
+def recovery(lanes: Sequence[Lane], since: float, timeout: float = 10.0) -> float | None:
+    """Seconds from `since` until every allowed lane has connected once, probing each with
+    0.2 s attempts in parallel (None if one did not within `timeout`)."""
+    allowed = [lane.fresh() for lane in lanes if lane.allowed]
+    done: list[float] = []
+
+    def one(lane: Lane) -> None:
+        enter_netns(host.netns_path(lane.src.netns))
+        while time.monotonic() - since < timeout:
+            if lane.probe_here(0.2)[0]:
+                done.append(time.monotonic() - since)
+                return
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=one, args=(lane,), daemon=True) for lane in allowed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return max(done) if len(done) == len(allowed) else None
 
 
 # --- what a node holds: flows by round, ports, metrics -----------------------------------------
@@ -481,10 +517,224 @@ def agent_restart(
     }
 
 
+# --- scenario: ovs-vswitchd killed and restarted ----------------------------------------------
+
+
+def wait_flows(node: NodeLayout, expected: set[str], timeout: float = 10.0) -> float | None:
+    """Seconds until the bridge holds exactly `expected` (flows as dumped), None on timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with contextlib.suppress(host.HostError):
+            if set(dump_flows(node)) == expected:
+                return time.monotonic() - start
+        time.sleep(0.02)
+    return None
+
+
+def vswitchd_restart(
+    runs: int = 3, node: str = "node2", kill: bool = True, progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Kill ovs-vswitchd (or stop it) and start it again, `runs` times, under traffic: how long
+    after OVS answers again the agent has replayed every flow, and the probes recover."""
+    with world(progress=progress) as w:
+        target = w.node(node)
+        expected = set(dump_flows(target))
+        replay, recover, away = [], [], []
+        with Traffic(w.lanes()) as traffic:
+            time.sleep(1.0)
+            for i in range(runs):
+                done = faults.restart(w.layout, node, "ovs-vswitchd", hard=kill)
+                answered = time.monotonic()  # the restart returns once vswitchd answers
+                replay.append(wait_flows(target, expected))
+                recover.append(recovery(w.lanes(), answered))
+                away.append(done.away_s)
+                progress(
+                    f"restart {i + 1}/{runs}: replayed in {replay[-1]}s, probes {recover[-1]}s"
+                )
+                time.sleep(1.0)
+        figures = traffic.figures()
+        new_pod_s = churn_pod(w, node)
+    return {
+        "scenario": "vswitchd-restart",
+        "runs": runs,
+        "signal": "SIGKILL" if kill else "SIGTERM",
+        "vswitchd_away_s_max": round(max(away), 3),
+        "replay_after_answer_s_max": _worst(replay),
+        "probes_recovered_after_answer_s_max": _worst(recover),
+        "outage_ms_max": round(figures.max_outage_ms, 1),
+        "failed_probes": figures.failed,
+        "allowed_probes": figures.allowed_probes,
+        "leaked": figures.leaked,
+        "new_pod_after_restarts_s": round(new_pod_s, 3),
+    }
+
+
+def _worst(values: Sequence[float | None]) -> float | None:
+    """The largest value, None (never happened) if any is None."""
+    if any(v is None for v in values):
+        return None
+    return round(max(v for v in values if v is not None), 3)
+
+
+def churn_pod(w: World, node: str, name: str = "extra") -> float:
+    """Create a web pod on `node`, check a client reaches it, delete it; seconds the create
+    took (a CNI ADD needs the agent's OVSDB connection, its OpenFlow connection and policies)."""
+    pod = pod_object(name, node, {"app": "web"})
+    started = time.monotonic()
+    w.apply([pod])
+    took = time.monotonic() - started
+    lane = Lane(w.pod("client"), w.pod(name), "TCP", True)
+    try:
+        converge([lane], timeout=10)
+    finally:
+        w.delete([pod])
+    return took
+
+
+# --- scenario: ovsdb-server restarted --------------------------------------------------------
+
+
+def ovsdb_restart(
+    runs: int = 3, node: str = "node2", kill: bool = True, progress: Progress = _quiet
+) -> dict[str, Any]:
+    """Restart ovsdb-server `runs` times under traffic; after each, a pod is added to and
+    removed from the node (the agent must have reconnected). No port may be doubled or lost."""
+    with world(progress=progress) as w:
+        target = w.node(node)
+        ports_before = bridge_ports(target)
+        flows_before = set(dump_flows(target))
+        agent_before = cluster.agent_pid(target)
+        adds: list[float] = []
+        # 3 s probes: ovs-vswitchd runs no userspace datapath port that its main thread polls
+        # (veths, taps) while it is without its database, so packets wait about a second, its
+        # reconnection backoff; they are delayed, not lost (docs/reliability.md).
+        with Traffic(w.lanes(), timeout=3.0) as traffic:
+            time.sleep(1.0)
+            for i in range(runs):
+                done = faults.restart(w.layout, node, "ovsdb-server", hard=kill)
+                adds.append(churn_pod(w, node, f"extra{i}"))
+                progress(
+                    f"restart {i + 1}/{runs}: away {done.away_s:.2f}s, pod add {adds[-1]:.2f}s"
+                )
+            time.sleep(1.0)
+        figures = traffic.figures()
+        ports_after = bridge_ports(target)
+        flows_after = set(dump_flows(target))
+        agent_after = cluster.agent_pid(target)
+    return {
+        "scenario": "ovsdb-restart",
+        "runs": runs,
+        "signal": "SIGKILL" if kill else "SIGTERM",
+        "pod_add_after_restart_s_max": round(max(adds), 3),
+        "failed_probes": figures.failed,
+        "allowed_probes": figures.allowed_probes,
+        "slowest_probe_ms": round(figures.max_latency_ms, 1),
+        "leaked": figures.leaked,
+        "ports_before": len(ports_before),
+        "ports_after": len(ports_after),
+        "duplicate_ports": sorted(p for p, n in Counter(ports_after).items() if n > 1),
+        "ports_lost": sorted(set(ports_before) - set(ports_after)),
+        "ports_left_over": sorted(set(ports_after) - set(ports_before)),
+        "flows_changed": len(flows_before ^ flows_after),
+        "agent_same_process": agent_before is not None and agent_before == agent_after,
+    }
+
+
+# --- scenario: the source goes away -----------------------------------------------------------
+
+# Made while the source is away: db now takes clients too.
+DB_OPENED = _policy("db-isolated", {"app": "db"}, {"ingress": [{"from": [CLIENTS]}]})
+
+
+def source_down(outage: float = 60.0, progress: Progress = _quiet) -> dict[str, Any]:
+    """Move the manifests directory away for `outage` seconds under traffic (root reads
+    through chmod 000, so moving it is what makes it unreadable to the agents), change a
+    policy in it meanwhile, and move it back: nothing may change while it is away, and the
+    change must take effect once it is back."""
+    with world(progress=progress) as w:
+        manifests = w.layout.manifests_dir
+        away = manifests.with_name("manifests.away")
+        lanes = w.lanes()
+        with Traffic(lanes) as traffic:
+            time.sleep(1.0)
+            manifests.rename(away)
+            try:
+                ManifestsDir(away).write(normalized(dict(DB_OPENED), "bench"))
+                time.sleep(outage)
+            finally:
+                away.rename(manifests)
+            back = time.monotonic()
+        figures = traffic.figures()
+        opened = Lane(w.pod("client"), w.pod("db"), "TCP", True)
+        converge([opened], timeout=30)
+        took = time.monotonic() - back
+        noticed = [n for n in ("node1", "node2") if _logged(w.node(n), UNREADABLE)]
+    return {
+        "scenario": "source-down",
+        "outage_s": outage,
+        "failed_probes": figures.failed,
+        "allowed_probes": figures.allowed_probes,
+        "leaked_while_away": figures.leaked,
+        "change_applied_after_return_s": round(took, 3),
+        "agents_that_logged_the_outage": noticed,
+    }
+
+
+UNREADABLE = "manifests directory unreadable"
+
+
+def _logged(node: NodeLayout, text: str) -> bool:
+    return text in node.agent_log.read_text(errors="replace")
+
+
+# --- scenario: partition ----------------------------------------------------------------------
+
+
+def partition(cut: float = 5.0, node: str = "node2", progress: Progress = _quiet) -> dict[str, Any]:
+    """Cut one node's underlay for `cut` seconds under traffic, then heal it: same-node lanes
+    must not notice, no agent may restart or touch a flow while cut, and cross-node traffic
+    must resume soon after the heal."""
+    with world(progress=progress) as w:
+        nodes = [w.node(n) for n in ("node1", "node2")]
+        pids = {n.name: cluster.agent_pid(n) for n in nodes}
+        lanes = w.lanes()
+        with Traffic(lanes):
+            time.sleep(1.0)
+            mods = {n.name: flow_mods(n) for n in nodes}
+            faults.partition(w.layout, node)
+            time.sleep(cut)
+            churn = {n.name: flow_mods(n) - mods[n.name] for n in nodes}
+            faults.heal(w.layout, node)
+            healed = time.monotonic()
+            resumed = recovery([lane for lane in lanes if lane.cross_node], healed)
+            time.sleep(1.0)
+        local = [lane for lane in lanes if not lane.cross_node]
+        crossing = [lane for lane in lanes if lane.cross_node]
+        same_pids = all(cluster.agent_pid(n) == pids[n.name] for n in nodes)
+    return {
+        "scenario": "partition",
+        "cut_s": cut,
+        "cross_node_failed_while_cut": sum(lane.failures() for lane in crossing if lane.allowed),
+        "same_node_failed": sum(lane.failures() for lane in local),
+        "leaked": sum(lane.failures() for lane in lanes if not lane.allowed),
+        "flow_mods_while_cut": churn,
+        "resumed_after_heal_s": None if resumed is None else round(resumed, 3),
+        "agents_same_process": same_pids,
+    }
+
+
 # --- the command line -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "agent-restart": lambda a: agent_restart(a.runs or 10, kill=a.kill, progress=a.progress),
+    "vswitchd-restart": lambda a: vswitchd_restart(
+        a.runs or 5, kill=a.kill != "never", progress=a.progress
+    ),
+    "ovsdb-restart": lambda a: ovsdb_restart(
+        a.runs or 5, kill=a.kill != "never", progress=a.progress
+    ),
+    "source-down": lambda a: source_down(a.seconds or 60.0, progress=a.progress),
+    "partition": lambda a: partition(a.seconds or 10.0, progress=a.progress),
 }
 
 
@@ -498,6 +748,7 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench reliability", description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("--runs", type=int, default=0, help="Repetitions (scenario default).")
+    parser.add_argument("--seconds", type=float, default=0, help="Outage or cut length.")
     parser.add_argument(
         "--kill",
         choices=("never", "always", "alternate"),
