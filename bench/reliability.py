@@ -723,6 +723,245 @@ def partition(cut: float = 5.0, node: str = "node2", progress: Progress = _quiet
     }
 
 
+# --- scenario: security -----------------------------------------------------------------------
+
+
+def socket_mode(path: Path) -> tuple[str, int]:
+    """(permission bits in octal, owner uid) of the CNI socket."""
+    st = path.stat()
+    return oct(st.st_mode & 0o777), st.st_uid
+
+
+def agent_sockets(node: NodeLayout) -> list[str]:
+    """The agent's listening TCP and bound UDP sockets, as `tcp 127.0.0.1:9641`, read from
+    /proc/net/{tcp,tcp6,udp,udp6} of the node's namespace and matched to the agent's file
+    descriptors by inode (so other processes' sockets never count)."""
+    pid = cluster.agent_pid(node)
+    if pid is None:
+        raise RuntimeError(f"{node.name}: no agent")
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if (target := os.readlink(fd)).startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()[1:]
+        for line in lines:
+            cols = line.split()
+            listening = cols[3] == "0A" if proto.startswith("tcp") else True
+            if cols[9] in inodes and listening:
+                found.append(f"{proto} {_proc_address(cols[1])}")
+    return sorted(found)
+
+
+def _proc_address(text: str) -> str:
+    """/proc/net/tcp's `0100007F:25D1` as `127.0.0.1:9681` (IPv4; IPv6 left in hex)."""
+    address, port = text.split(":")
+    if len(address) == 8:
+        address = socket.inet_ntoa(struct.pack("<I", int(address, 16)))
+    return f"{address}:{int(port, 16)}"
+
+
+def _mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _ip_checksum(header: bytes) -> int:
+    total = sum(struct.unpack("!10H", header))
+    total = (total >> 16) + (total & 0xFFFF)
+    return int(~(total + (total >> 16)) & 0xFFFF)
+
+
+def icmp_packet(src: str, dst: str, marker: bytes) -> bytes:
+    """An IPv4 ICMP echo request carrying `marker`."""
+    body = struct.pack("!HH", 0x5042, 1) + marker
+    icmp = struct.pack("!BBH", 8, 0, _icmp_checksum(b"\x08\0\0\0" + body)) + body
+    fields = [0x45, 0, 20 + len(icmp), 0, 0x4000, 64, 1, 0]
+    header = struct.pack("!BBHHHBBH4s4s", *fields, socket.inet_aton(src), socket.inet_aton(dst))
+    header = header[:10] + struct.pack("!H", _ip_checksum(header)) + header[12:]
+    return header + icmp
+
+
+def ether(dst: str, src: str, ethertype: int, payload: bytes) -> bytes:
+    return _mac(dst) + _mac(src) + struct.pack("!H", ethertype) + payload
+
+
+def arp_reply(sender_mac: str, claimed_ip: str, target_ip: str, trailer: bytes) -> bytes:
+    """A broadcast ARP reply saying `claimed_ip` is at `sender_mac`; `trailer` rides in the
+    frame's padding so a capture can recognise it."""
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2)
+    arp += _mac(sender_mac) + socket.inet_aton(claimed_ip)
+    arp += _mac("ff:ff:ff:ff:ff:ff") + socket.inet_aton(target_ip)
+    return ether("ff:ff:ff:ff:ff:ff", sender_mac, 0x0806, arp + trailer)
+
+
+def geneve(inner: bytes) -> bytes:
+    """A Geneve header (no options, VNI 0) carrying an Ethernet frame."""
+    return struct.pack("!BBHI", 0, 0, 0x6558, 0) + inner
+
+
+class Capture:
+    """Counts frames seen on a namespace's `ifname` that carry a marker, while open."""
+
+    def __init__(self, netns: str, ifname: str, marker: bytes) -> None:
+        self.netns, self.ifname, self.marker = netns, ifname, marker
+        self.seen = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Capture:
+        self._thread.start()
+        self._ready.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)  # let what was sent arrive
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        enter_netns(host.netns_path(self.netns))
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as sock:
+            sock.bind((self.ifname, 0))
+            sock.settimeout(0.05)
+            self._ready.set()
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    frame, address = sock.recvfrom(65535)
+                    # Arrivals only: an echo reply going out carries the marker too.
+                    if address[2] != socket.PACKET_OUTGOING and self.marker in frame:
+                        self.seen += 1
+
+
+def send_frames(netns: str, ifname: str, frames: Sequence[bytes]) -> None:
+    """Send raw Ethernet frames out of `ifname` in `netns`."""
+
+    def send() -> None:
+        enter_netns(host.netns_path(netns))
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((ifname, 0))
+            for frame in frames:
+                sock.send(frame)
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    thread.join()
+
+
+def send_udp(netns: str, src: str, dst: str, port: int, payloads: Sequence[bytes]) -> None:
+    """UDP datagrams from `src` (an address of `netns`) to `dst:port`."""
+
+    def send() -> None:
+        enter_netns(host.netns_path(netns))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((src, 0))
+            for payload in payloads:
+                sock.sendto(payload, (dst, port))
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    thread.join()
+
+
+def link_mac(netns: str, ifname: str) -> str:
+    out = host.run(["ip", "-n", netns, "-j", "link", "show", ifname])
+    return str(json.loads(out)[0]["address"])
+
+
+def delivered(w: World, to: str, send: Callable[[bytes], None], copies: int = 3) -> int:
+    """How many frames carrying a fresh marker reach pod `to` when `send(marker)` runs."""
+    marker = os.urandom(12)
+    with Capture(w.pod(to).netns, "eth0", marker) as capture:
+        send(marker)
+    return capture.seen
+
+
+def pod_spoofing(w: World) -> dict[str, int]:
+    """Frames sent by hand from pod client (node1) towards pod web (node2): honest, with a
+    forged source IP (local-web's, whom web admits), with a forged MAC; and broadcast ARP
+    replies, honest and claiming web's address. How many arrived where."""
+    client, web, neighbour = w.pod("client"), w.pod("web"), w.pod("local-web")
+    mac = link_mac(client.netns, "eth0")
+    gateway = link_mac(w.node("node1").netns, "plumb-gw0")
+
+    def icmp(src_mac: str, src_ip: str) -> Callable[[bytes], None]:
+        def send(marker: bytes) -> None:
+            frame = ether(gateway, src_mac, 0x0800, icmp_packet(src_ip, web.ip, marker))
+            send_frames(client.netns, "eth0", [frame] * 3)
+
+        return send
+
+    def arp(claimed_ip: str) -> Callable[[bytes], None]:
+        def send(marker: bytes) -> None:
+            frame = arp_reply(mac, claimed_ip, neighbour.ip, marker)
+            send_frames(client.netns, "eth0", [frame] * 3)
+
+        return send
+
+    return {
+        "honest_delivered": delivered(w, "web", icmp(mac, client.ip)),
+        "forged_ip_delivered": delivered(w, "web", icmp(mac, neighbour.ip)),
+        "forged_mac_delivered": delivered(w, "web", icmp("0a:58:de:ad:be:ef", client.ip)),
+        "honest_arp_seen_by_neighbour": delivered(w, "local-web", arp(client.ip)),
+        "forged_arp_seen_by_neighbour": delivered(w, "local-web", arp(web.ip)),
+        "forged_arp_seen_on_node2": delivered(w, "peer", arp(web.ip)),
+    }
+
+
+GENEVE_PORT = 6081
+ROGUE_ADDRESS = "172.30.0.99"
+
+
+def underlay_injection(w: World) -> dict[str, int]:
+    """Geneve packets to node2 carrying an ICMP echo that claims to come from pod client (whom
+    web's policy admits): sent from node1's own tunnel address (a known node), and from a
+    stranger on the underlay. How many reached web."""
+    client, web = w.pod("client"), w.pod("web")
+    node1, node2 = w.node("node1"), w.node("node2")
+    inner_dst = link_mac(node2.netns, "plumb-gw0")
+
+    def from_(netns: str, src: str) -> Callable[[bytes], None]:
+        def send(marker: bytes) -> None:
+            frame = ether(
+                inner_dst, "aa:bb:cc:dd:ee:ff", 0x0800, icmp_packet(client.ip, web.ip, marker)
+            )
+            send_udp(netns, src, node2.address, GENEVE_PORT, [geneve(frame)] * 3)
+
+        return send
+
+    underlay = w.layout.underlay_netns
+    bridge = w.layout.underlay_bridge
+    host.run(["ip", "-n", underlay, "addr", "add", f"{ROGUE_ADDRESS}/24", "dev", bridge])
+    try:
+        rogue = delivered(w, "web", from_(underlay, ROGUE_ADDRESS))
+    finally:
+        host.run(["ip", "-n", underlay, "addr", "del", f"{ROGUE_ADDRESS}/24", "dev", bridge])
+    return {
+        "from_known_node_delivered": delivered(w, "web", from_(node1.netns, node1.address)),
+        "from_stranger_delivered": rogue,
+    }
+
+
+def security(progress: Progress = _quiet) -> dict[str, Any]:
+    """The CNI socket's mode, the agent's sockets, pod spoofing across nodes, and Geneve
+    injected on the underlay."""
+    with world(progress=progress) as w:
+        node = w.node("node1")
+        mode, uid = socket_mode(node.cni_socket)
+        return {
+            "scenario": "security",
+            "cni_socket_mode": mode,
+            "cni_socket_uid": uid,
+            "agent_sockets": agent_sockets(node),
+            **pod_spoofing(w),
+            **underlay_injection(w),
+        }
+
+
 # --- the command line -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -735,6 +974,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     ),
     "source-down": lambda a: source_down(a.seconds or 60.0, progress=a.progress),
     "partition": lambda a: partition(a.seconds or 10.0, progress=a.progress),
+    "security": lambda a: security(progress=a.progress),
 }
 
 
