@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import ip_address, ip_interface, ip_network
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from pyroute2 import IPRoute
@@ -284,8 +285,9 @@ def create_pair(pair: VethPair) -> None:
     if pair.tx_checksum_off:
         try:
             _tx_checksum_off(pair.host_ifname)
+            _quiet_host_end(pair.host_ifname)
         except OSError as exc:
-            raise _interface_error("failed to turn TX checksum offload off", exc) from exc
+            raise _interface_error("failed to prepare the host end", exc) from exc
 
 
 def configure_container(
@@ -397,6 +399,24 @@ def _route_msg(index: int, route: RouteSpec) -> Any:
         attrs.append(["RTA_GATEWAY", str(route.gw)])
     msg["attrs"] = attrs
     return msg
+
+
+# On the userspace datapath the host end is an ordinary kernel interface too: left alone, the
+# node's kernel answers the pod's ARP for its gateway with the veth's own MAC and forwards a
+# second copy of the pod's packets. Only OVS may speak for it.
+_QUIET_HOST_END = (
+    ("ipv4/conf/{}/arp_ignore", "8"),
+    ("ipv4/conf/{}/forwarding", "0"),
+    ("ipv6/conf/{}/disable_ipv6", "1"),
+)
+
+
+def _quiet_host_end(ifname: str) -> None:
+    """Keep the node's kernel from answering or forwarding for the pod (calling thread's netns)."""
+    for key, value in _QUIET_HOST_END:
+        path = Path("/proc/sys/net", key.format(ifname))
+        if path.exists():  # no IPv6 in this kernel: nothing to quiet
+            path.write_text(value)
 
 
 def _tx_checksum_off(ifname: str) -> None:

@@ -78,22 +78,14 @@ def test_every_packet_is_carried_once_on_one_node(lab: Lab) -> None:
     assert echo_replies(lab.layout.pod_netns("x", "a"), lab.pod_ip("x/b")) == [1] * 5
 
 
-# The CNI server leaves a pod's host veth open to the node's kernel (arp_ignore 0, forwarding 1):
-# the kernel answers the pod's ARP for its gateway with the veth's MAC, and when the pod keeps
-# that answer the kernel forwards a second copy of each packet to other nodes through plumb-gw0
-# (duplicates, half the throughput). net.ipv4.conf.<host veth>.arp_ignore=8 and .forwarding=0,
-# set when the veth is made, fix it.
-HOST_VETH_OPEN = "the node's kernel answers ARP and forwards on pods' host veths (see comment)"
-
-
-@pytest.mark.xfail(strict=True, reason=HOST_VETH_OPEN)
+# On the userspace datapath a pod's host veth is also a kernel interface: unless the CNI server
+# quiets it (cni.netns), the node's kernel answers the pod's ARP for its gateway too and forwards
+# a second copy of every cross-node packet through plumb-gw0.
 def test_only_the_gateway_answers_a_pods_arp_for_it(lab: Lab) -> None:
     gateway = lab.pod_ip("x/a").rsplit(".", 1)[0] + ".1"
     answers = arp_answers(lab.layout.pod_netns("x", "a"), gateway, lab.pod_ip("x/a"))
     assert len(answers) == 1, f"{gateway} answered by {answers}"
 
 
-# Which of the two ARP answers a pod keeps is a race, so this one fails only sometimes.
-@pytest.mark.xfail(strict=False, reason=HOST_VETH_OPEN)
 def test_every_packet_is_carried_once_across_nodes(lab: Lab) -> None:
     assert echo_replies(lab.layout.pod_netns("x", "a"), lab.pod_ip("y/c")) == [1] * 5
