@@ -2,8 +2,10 @@
 
 `peer_node_flows` covers one remote node: the L3Forwarding flow that sends its PodCIDR into the
 tunnel (geneve, vxlan) or to the local gateway for the host to route (none), and in tunnel
-modes the ARP responder entry that answers for the peer's gateway with the virtual MAC.
-`tunnel_flows` covers the local end of the tunnel: what arrives on it, and what leaves by it.
+modes the ARP responder entry that answers for the peer's gateway with the virtual MAC and the
+Classifier flow that admits what the tunnel brings from the peer's address (tun_src).
+`tunnel_flows` covers the local end of the tunnel: what leaves by it, and the drop of what
+arrives on it from any other address.
 """
 
 from __future__ import annotations
@@ -68,12 +70,18 @@ def node_cookie(round_: int, name: str) -> int:
     return Cookie(round_, Category.NODE, node_object_id(name)).value
 
 
-def peer_node_flows(peer: PeerNode, local: LocalNode, mode: str, cookie: int) -> list[Flow]:
+def peer_node_flows(
+    peer: PeerNode, local: LocalNode, mode: str, cookie: int, tunnel_ofport: int = TUNNEL_OFPORT
+) -> list[Flow]:
     """All flows of one peer node in encapsulation `mode` (geneve, vxlan or none)."""
     _check_mode(mode)
     if mode == "none":
         return [_routed_flow(peer, local, cookie)]
-    return [_tunnel_forwarding_flow(peer, local, cookie), _arp_responder_flow(peer, cookie)]
+    return [
+        _tunnel_forwarding_flow(peer, local, cookie),
+        _arp_responder_flow(peer, cookie),
+        _from_peer_flow(peer, cookie, tunnel_ofport),
+    ]
 
 
 def tunnel_flows(mode: str, cookie: int, tunnel_ofport: int = TUNNEL_OFPORT) -> list[Flow]:
@@ -82,14 +90,10 @@ def tunnel_flows(mode: str, cookie: int, tunnel_ofport: int = TUNNEL_OFPORT) -> 
     if mode == "none":
         return []
     return [
-        # Remote packets were spoof-checked on their own node: straight to conntrack, and
-        # L3Forwarding must rewrite their (virtual) destination MAC to the pod's.
-        table("Classifier").flow(
-            200,
-            match(in_port=tunnel_ofport),
-            [Load.mark(FROM_TUNNEL), Load.mark(REWRITE_MAC_SET), GotoTable("ConntrackZone")],
-            cookie,
-        ),
+        # Anything the tunnel port decapsulates from an address that is no known node's
+        # (anyone on the underlay can send Geneve or VXLAN to this node) is dropped here; its
+        # counter says how much of it came. Peers' own flows above it let theirs in.
+        table("Classifier").flow(190, match(in_port=tunnel_ofport), [], cookie),
         table("L2ForwardingCalc").flow(
             200,
             match(eth_dst=VIRTUAL_MAC),
@@ -120,6 +124,17 @@ def _tunnel_forwarding_flow(peer: PeerNode, local: LocalNode, cookie: int) -> Fl
             Load.mark(TO_TUNNEL),
             GotoTable("L3DecTTL"),
         ],
+        cookie,
+    )
+
+
+def _from_peer_flow(peer: PeerNode, cookie: int, tunnel_ofport: int) -> Flow:
+    # Packets from a peer's tunnel address were spoof-checked on their own node: straight to
+    # conntrack, and L3Forwarding must rewrite their (virtual) destination MAC to the pod's.
+    return table("Classifier").flow(
+        200,
+        match(in_port=tunnel_ofport, tun_ipv4_src=peer.address),
+        [Load.mark(FROM_TUNNEL), Load.mark(REWRITE_MAC_SET), GotoTable("ConntrackZone")],
         cookie,
     )
 

@@ -162,3 +162,17 @@ def test_packet_from_the_tunnel_reaches_the_local_pod(ovs, bridge, switch):
     out, final = trace(ovs, bridge, arrive)
     assert f"dl_dst={POD.mac}" in final and f"dl_src={LOCAL.gateway_mac}" in final, out
     assert "output port is 3" in out and "nw_ttl=62" in final, out
+
+
+@pytest.mark.parametrize("mode", ["geneve"], indirect=True)
+def test_packet_from_the_tunnel_from_a_stranger_is_dropped(ovs, bridge, switch):
+    # Anyone on the underlay can send Geneve to the node: only known peers' sources get in.
+    install_node(switch, "geneve")
+    arrive = (
+        "in_port=32768,tun_id=0,tun_src=192.168.77.99,tun_dst=192.168.77.11,ip,"
+        f"dl_src=0a:58:0a:0a:02:01,dl_dst=aa:bb:cc:dd:ee:ff,"
+        f"nw_src=10.10.2.5,nw_dst={POD.ip},nw_ttl=63,nw_proto=6,tp_dst=80"
+    )
+    out, _ = trace(ovs, bridge, arrive)
+    assert out.rsplit("Datapath actions:", 1)[1].split()[0] == "drop", out
+    assert "priority 190" in out, out

@@ -59,12 +59,28 @@ def test_peer_flows_carry_the_peer_cookie_and_differ_per_peer():
     assert not {f.key for f in mine} & {f.key for f in theirs}
 
 
-def test_a_changed_address_changes_actions_not_keys():
+def test_a_changed_address_changes_forwarding_actions_and_the_admitted_tunnel_source():
     moved = PeerNode(name="node-b", address="192.168.77.99", pod_cidr="10.10.2.0/24")
     before = peer_node_flows(PEER, LOCAL, "geneve", PEER_COOKIE)
     after = peer_node_flows(moved, LOCAL, "geneve", PEER_COOKIE)
-    assert [f.key for f in before] == [f.key for f in after]
+
+    def keys(flows):
+        return [f.key for f in flows if f.table != "Classifier"]
+
+    # Forwarding and ARP are modified in place (counters kept); the admission moves.
+    assert keys(before) == keys(after)
     assert before[0].actions != after[0].actions
+    (admit,) = [f for f in after if f.table == "Classifier"]
+    assert admit.match == match(in_port=TUNNEL_OFPORT, tun_ipv4_src="192.168.77.99")
+
+
+def test_the_tunnel_admits_known_peers_only():
+    # Anyone on the underlay can send Geneve to this node: only peers' addresses get in.
+    (admit,) = [f for f in peer_node_flows(PEER, LOCAL, "geneve", 1) if f.table == "Classifier"]
+    assert admit.match == match(in_port=TUNNEL_OFPORT, tun_ipv4_src=PEER.address)
+    (drop,) = [f for f in tunnel_flows("geneve", 1) if f.table == "Classifier"]
+    assert drop.match == match(in_port=TUNNEL_OFPORT) and drop.actions == ()
+    assert drop.priority < admit.priority
 
 
 def test_peer_node_is_normalised_and_knows_its_gateway():
