@@ -513,6 +513,7 @@ class _PolicyState:
     targets: set[PodKey] = field(default_factory=set)
     targets_version: int = 0
     peers: dict[PeerId, GroupKey] = field(default_factory=dict)
+    groups_of_rule: dict[RuleSlot, tuple[GroupKey, ...]] = field(default_factory=dict)
     # Per rule: the versions of its inputs when last compiled, and what it compiled to.
     compiled: dict[RuleSlot, tuple[tuple[int, ...], tuple[Rule, ...]]] = field(default_factory=dict)
 
@@ -757,6 +758,8 @@ class PolicyModel:
             group = self._groups.get(group_key) or self._new_group(group_key)
             group.users.add(key)
             state.peers[peer_id] = group_key
+            slot = (peer_id[0], peer_id[1])
+            state.groups_of_rule[slot] = (*state.groups_of_rule.get(slot, ()), group_key)
 
     def _new_group(self, group_key: GroupKey) -> _Group:
         namespace_selector, pod_selector, scope = group_key
@@ -802,11 +805,7 @@ class PolicyModel:
         rule: RuleSpec,
         locals_: frozenset[LocalTarget],
     ) -> tuple[Rule, ...]:
-        groups = [
-            self._groups[group_key]
-            for (peer_direction, peer_index, _), group_key in state.peers.items()
-            if peer_direction is direction and peer_index == index
-        ]
+        groups = [self._groups[k] for k in state.groups_of_rule.get((direction, index), ())]
         inputs = (state.targets_version, *(g.version for g in groups))
         cached = state.compiled.get((direction, index))
         if cached is not None and cached[0] == inputs:

@@ -77,6 +77,10 @@ class Direction(Enum):
     INGRESS = "Ingress"
     EGRESS = "Egress"
 
+    # Members are singletons compared by identity: hash them the C way (Enum's own __hash__ is
+    # Python code, and rule keys holding a direction are hashed on every update).
+    __hash__ = object.__hash__
+
 
 @dataclass(frozen=True, slots=True)
 class _Tables:
@@ -431,6 +435,7 @@ class PolicyFlows:
         self._contexts: dict[ClauseKey, dict[int, Clause]] = {}
         self._isolation: dict[ClauseKey, set[str]] = {}
         self._isolated_by_policy: dict[str, set[ClauseKey]] = {}
+        self._isolated_input: dict[str, Mapping[Direction, Iterable[LocalTarget]]] = {}
         self._owner_key: dict[str, ClauseKey] = {}
         self._node_addresses: tuple[str, ...] = ()
         self._gateway: str | None = None
@@ -455,7 +460,11 @@ class PolicyFlows:
             self._by_policy[policy] = set(wanted)
         else:
             self._by_policy.pop(policy, None)
-        self._set_isolation(policy, _drop_keys(isolated), changed)
+        if self._isolated_input.get(policy) != isolated:
+            self._set_isolation(policy, _drop_keys(isolated), changed)
+            self._isolated_input[policy] = isolated
+        if not isolated:
+            self._isolated_input.pop(policy, None)
         return changed
 
     def remove_policy(self, policy: str, now: float) -> set[str]:
@@ -471,7 +480,7 @@ class PolicyFlows:
 
     def _set_rule(self, key: RuleKey, rule: Rule, now: float, changed: set[str]) -> None:
         old = self._rules.get(key)
-        if old is not None and old.rule == rule:
+        if old is not None and (old.rule is rule or old.rule == rule):
             return
         conj_id = old.conj_id if old is not None else self.ids.allocate(key, now)
         clauses = rule_clauses(rule)
@@ -594,7 +603,7 @@ class PolicyFlows:
                 f"{len(actions)} rules share the clause {tbl} {key[1]}={key[2]}; one flow holds "
                 f"at most {MAX_CONJUNCTIONS_PER_FLOW} conjunctions"
             )
-        conjunctions = [Conjunction(c, i, n) for c, (i, n) in sorted(actions.items())]
+        conjunctions = [_conjunction(c, i, n) for c, (i, n) in sorted(actions.items())]
         return table(tbl).flow(
             CLAUSE_PRIORITY, clause_match(key), conjunctions, self._shared_cookie
         )
@@ -607,6 +616,10 @@ class PolicyFlows:
 
     def _node_flows(self) -> list[Flow]:
         return node_flows(self._gateway, self._node_addresses, self._shared_cookie)
+
+
+# Shared values: a flow carrying 1,000 rules is rebuilt without making 1,000 new actions.
+_conjunction = functools.lru_cache(maxsize=1 << 17)(Conjunction)
 
 
 def _drop_keys(isolated: Mapping[Direction, Iterable[LocalTarget]]) -> set[ClauseKey]:
