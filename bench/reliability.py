@@ -21,6 +21,7 @@ import re
 import socket
 import statistics
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -962,6 +963,327 @@ def security(progress: Progress = _quiet) -> dict[str, Any]:
         }
 
 
+# --- scenario: the CNI executable fuzzed ------------------------------------------------------
+
+PLUMB = Path(__file__).resolve().parents[1] / "cni" / "plumb"
+CNI_PATH = ":".join(pods.CNI_BIN_DIRS)
+COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
+CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# Variables the executable forwards, and its own knobs; everything else it ignores.
+CNI_VARS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
+
+
+@dataclass(frozen=True)
+class CniCase:
+    """One call of the executable: its environment (None: unset) and stdin."""
+
+    env: dict[str, bytes | None]
+    stdin: bytes
+
+    @property
+    def command(self) -> bytes | None:
+        return self.env.get("CNI_COMMAND")
+
+    def with_command(self, command: str) -> CniCase:
+        return CniCase({**self.env, "CNI_COMMAND": command.encode()}, self.stdin)
+
+    def environ(self, socket_path: Path) -> dict[bytes, bytes]:
+        env = {b"PATH": os.environ.get("PATH", "/usr/bin:/bin").encode()}
+        env[b"PLUMB_CNI_SOCKET"] = str(socket_path).encode()
+        for key, value in self.env.items():
+            if value is not None:
+                env[key.encode()] = value
+        return env
+
+
+@dataclass(frozen=True)
+class CniAnswer:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    seconds: float
+
+
+def call_plumb(case: CniCase, socket_path: Path, timeout: float = 60.0) -> CniAnswer:
+    """Run the real executable as a runtime would: the environment is its whole environment."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(PLUMB)],
+        input=case.stdin,
+        env=case.environ(socket_path),
+        capture_output=True,
+        timeout=timeout,
+        check=False,
+    )
+    return CniAnswer(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
+
+
+def output_problem(case: CniCase, answer: CniAnswer) -> str | None:
+    """What is wrong with an answer, None when it is a valid CNI answer: exit 0 with nothing
+    or one JSON object on stdout; exit 1 with one CNI error object (int code, str msg); never
+    a traceback on either stream."""
+    for stream in (answer.stdout, answer.stderr):
+        if b"Traceback" in stream:
+            return "a traceback"
+    text = answer.stdout.strip()
+    if answer.exit_code == 0:
+        if not text:
+            return None
+        try:
+            return None if isinstance(json.loads(text), dict) else "stdout is not an object"
+        except ValueError:
+            return f"exit 0 with stdout that is not JSON: {text[:80]!r}"
+    if answer.exit_code != 1:
+        return f"exit code {answer.exit_code}"
+    try:
+        error = json.loads(text)
+    except ValueError:
+        return f"exit 1 with stdout that is not JSON: {text[:80]!r}"
+    if not isinstance(error, dict) or not isinstance(error.get("code"), int):
+        return f"not a CNI error object: {text[:80]!r}"
+    if not isinstance(error.get("msg"), str):
+        return f"a CNI error without msg: {text[:80]!r}"
+    return None
+
+
+def fuzz_cases(netns_paths: Sequence[str], hostile_paths: Sequence[str]) -> Any:
+    """A hypothesis strategy of calls: a valid call of a random command whose fields are each
+    kept (four times in five) or replaced by garbage, and whose stdin is kept, mutated or
+    replaced."""
+    from hypothesis import strategies as st
+
+    def field(valid: Any, garbage: Any) -> Any:
+        return st.integers(0, 4).flatmap(lambda n: garbage if n == 0 else valid)
+
+    env_text = st.binary(max_size=64).map(lambda b: b.replace(b"\0", b""))
+    env_garbage = st.one_of(st.none(), st.just(b""), env_text, st.text(max_size=40).map(_env_bytes))
+    ident = st.binary(min_size=32, max_size=32).map(lambda b: b.hex().encode())
+    # Pod names from the runtime end up in OVS external_ids and flow owners: mostly sane ones,
+    # sometimes anything the environment can carry.
+    names = st.one_of(
+        st.sampled_from([b"fz", b"kube-system", NAMESPACE.encode()]),
+        st.integers(0, 20).map(lambda n: f"fuzz-{n}".encode()),
+        env_text.map(lambda b: b.replace(b";", b"")),
+    )
+    args = st.tuples(names, names).map(
+        lambda p: b"IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p[0] + b";K8S_POD_NAME=" + p[1]
+    )
+    env = st.fixed_dictionaries(
+        {
+            "CNI_COMMAND": field(st.sampled_from([c.encode() for c in COMMANDS]), env_garbage),
+            "CNI_CONTAINERID": field(ident, env_garbage),
+            "CNI_NETNS": field(
+                st.sampled_from([p.encode() for p in netns_paths]),
+                st.one_of(env_garbage, st.sampled_from([p.encode() for p in hostile_paths])),
+            ),
+            "CNI_IFNAME": field(st.sampled_from([b"eth0", b"net1"]), env_garbage),
+            "CNI_ARGS": field(args, env_garbage),
+            "CNI_PATH": field(st.just(CNI_PATH.encode()), env_garbage),
+            "PLUMB_CNI_CLIENT": st.sampled_from([None, b"curl"]),
+        }
+    )
+    return st.builds(CniCase, env, _stdin_strategy(st))
+
+
+def _env_bytes(text: str) -> bytes:
+    return text.replace("\0", "").encode("utf-8", "surrogateescape")
+
+
+def _stdin_strategy(st: Any) -> Any:
+    """Network configs: valid ones (ipam plumb or host-local, any supported version), ones
+    with a key dropped or given a value of the wrong type, other JSON, and any bytes."""
+    json_values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+        max_leaves=8,
+    )
+    valid = st.builds(
+        lambda version, ipam: {"cniVersion": version, "name": "fuzz", "type": "plumb", **ipam},
+        st.sampled_from(CNI_VERSIONS),
+        st.sampled_from([{}, {"ipam": {"type": "host-local"}}, {"ipam": {"type": "plumb"}}]),
+    )
+    keys = st.sampled_from(["cniVersion", "name", "type", "ipam", "prevResult", "runtimeConfig"])
+    mutated = st.builds(_mutate, valid, keys, st.one_of(st.just(_DROP), json_values))
+    as_bytes = st.one_of(
+        valid.map(_json_bytes),
+        valid.map(_json_bytes),
+        mutated.map(_json_bytes),
+        json_values.map(_json_bytes),
+        valid.map(_json_bytes).flatmap(lambda b: st.integers(0, len(b)).map(lambda n: b[:n])),
+        st.binary(max_size=256),
+    )
+    return as_bytes
+
+
+_DROP = object()
+
+
+def _mutate(conf: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    out = dict(conf)
+    if value is _DROP:
+        out.pop(key, None)
+    else:
+        out[key] = value
+    return out
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, allow_nan=True).encode()
+
+
+@dataclass
+class FuzzFigures:
+    cases: int = 0
+    successes: int = 0
+    adds_succeeded: int = 0
+    dels_after_add_failed: int = 0
+    bad_outputs: list[str] = field(default_factory=list)
+    codes: Counter[int] = field(default_factory=Counter)
+    slowest_s: float = 0.0
+    internal_errors: list[str] = field(default_factory=list)  # code 999: the agent's own bug
+
+
+def run_fuzz(node: NodeLayout, netns_paths: Sequence[str], cases: int, seed: int) -> FuzzFigures:
+    """`cases` calls of the executable against the node's agent; each successful ADD is
+    followed by its DEL, as a runtime does when the container goes (a failed ADD is not: the
+    agent must have rolled it back by itself)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hseed
+
+    figures = FuzzFigures()
+    hostile = [host.netns_path(node.netns), "/proc/self/ns/net", "/", "/dev/null", "/etc/hostname"]
+
+    @hseed(seed)
+    @settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(fuzz_cases(netns_paths, hostile))
+    def check(case: CniCase) -> None:
+        answer = call_plumb(case, node.cni_socket)
+        _record(figures, case, answer)
+        if answer.exit_code == 0 and case.command == b"ADD":
+            figures.adds_succeeded += 1
+            undo = call_plumb(case.with_command("DEL"), node.cni_socket)
+            if undo.exit_code != 0:
+                figures.dels_after_add_failed += 1
+                figures.bad_outputs.append(f"DEL after ADD failed: {undo.stdout[:120]!r}")
+
+    check()
+    return figures
+
+
+def _record(figures: FuzzFigures, case: CniCase, answer: CniAnswer) -> None:
+    figures.cases += 1
+    figures.slowest_s = max(figures.slowest_s, answer.seconds)
+    if answer.exit_code == 0:
+        figures.successes += 1
+    else:
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            code = int(json.loads(answer.stdout)["code"])
+            figures.codes[code] += 1
+            if code == 999 and len(figures.internal_errors) < 10:
+                seen = answer.stdout.strip()[:200]
+                figures.internal_errors.append(f"{seen!r} for {case.env!r} {case.stdin[:80]!r}")
+    problem = output_problem(case, answer)
+    if problem and len(figures.bad_outputs) < 20:
+        figures.bad_outputs.append(f"{problem}: env={case.env!r} stdin={case.stdin[:80]!r}")
+
+
+@dataclass(frozen=True)
+class NodeInventory:
+    """What a node holds that a pod attachment makes: bridge ports, host links, IPAM
+    reservations, pod flows; and what its fuzz namespaces hold."""
+
+    ports: tuple[str, ...]
+    links: tuple[str, ...]
+    reservations: tuple[str, ...]
+    pod_flows: int
+    sandbox_links: tuple[str, ...]
+
+    def leaks_against(self, before: NodeInventory) -> dict[str, list[str]]:
+        out = {}
+        for name in ("ports", "links", "reservations", "sandbox_links"):
+            extra = sorted(set(getattr(self, name)) - set(getattr(before, name)))
+            if extra:
+                out[name] = extra
+        if self.pod_flows != before.pod_flows:
+            out["pod_flows"] = [f"{before.pod_flows} -> {self.pod_flows}"]
+        return out
+
+
+def inventory(node: NodeLayout, sandboxes: Sequence[str] = ()) -> NodeInventory:
+    links = json.loads(host.run(["ip", "-n", node.netns, "-j", "link", "show"]))
+    sandbox_links = [
+        f"{ns}:{link['ifname']}"
+        for ns in sandboxes
+        for link in json.loads(host.run(["ip", "-n", ns, "-j", "link", "show"]))
+        if link["ifname"] != "lo"
+    ]
+    reservations = (
+        [
+            str(p.relative_to(node.ipam_dir))
+            for p in node.ipam_dir.rglob("*")
+            if p.is_file() and not p.name.startswith(("last_reserved_ip", "lock", "."))
+        ]
+        if node.ipam_dir.exists()
+        else []
+    )
+    pod_flows = sum(
+        1
+        for line in dump_flows(node)
+        if Cookie.decode(int(line.split("cookie=")[1].split(",")[0], 16)).category == 2
+    )
+    return NodeInventory(
+        tuple(bridge_ports(node)),
+        tuple(sorted(link["ifname"] for link in links)),
+        tuple(sorted(reservations)),
+        pod_flows,
+        tuple(sorted(sandbox_links)),
+    )
+
+
+def cni_fuzz(cases: int = 10_000, seed: int = 7, progress: Progress = _quiet) -> dict[str, Any]:
+    """Fuzz the CNI executable against a one-node lab's agent, then check that nothing leaked
+    and that the node still attaches pods that talk."""
+    with world(nodes=1, populated=False, progress=progress) as w:
+        node = w.node("node1")
+        sandboxes = [f"{w.layout.name}-fuzz{i}" for i in range(3)]
+        for name in sandboxes:
+            host.ensure_netns(name)
+        try:
+            before = inventory(node, sandboxes)
+            agent = cluster.agent_pid(node)
+            started = time.monotonic()
+            figures = run_fuzz(node, [host.netns_path(n) for n in sandboxes], cases, seed)
+            took = time.monotonic() - started
+            leaks = inventory(node, sandboxes).leaks_against(before)
+            alive = cluster.agent_pid(node) == agent and cluster.agent_ready(node)
+        finally:
+            for name in sandboxes:
+                host.delete_netns(name)
+        w.apply([pod_object("after-a", "node1", {"app": "a"}), pod_object("after-b", "node1", {})])
+        still_works = Lane(w.pod("after-a"), w.pod("after-b"), "TCP", True).probe_once(2.0)[0]
+    return {
+        "scenario": "cni-fuzz",
+        "cases": figures.cases,
+        "seconds": round(took, 1),
+        "successes": figures.successes,
+        "adds_succeeded": figures.adds_succeeded,
+        "error_codes": dict(sorted(figures.codes.items())),
+        "bad_outputs": figures.bad_outputs,
+        "internal_errors": figures.internal_errors,
+        "dels_after_add_failed": figures.dels_after_add_failed,
+        "slowest_call_s": round(figures.slowest_s, 3),
+        "leaks": leaks,
+        "agent_alive_and_ready": alive,
+        "pods_work_afterwards": still_works,
+    }
+
+
 # --- the command line -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -975,6 +1297,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "source-down": lambda a: source_down(a.seconds or 60.0, progress=a.progress),
     "partition": lambda a: partition(a.seconds or 10.0, progress=a.progress),
     "security": lambda a: security(progress=a.progress),
+    "cni-fuzz": lambda a: cni_fuzz(a.runs or 10_000, progress=a.progress),
 }
 
 
