@@ -498,6 +498,10 @@ def validate_ifname(ifname: str) -> None:
     problem = ""
     if not ifname:
         problem = "is empty"
+    elif not _is_utf8(ifname):
+        # The server decodes the environment with surrogateescape: raw bytes the kernel and
+        # netlink would take differently from what the runtime meant.
+        problem = "is not UTF-8"
     elif len(ifname.encode()) > _IFNAME_MAX:
         problem = f"is longer than {_IFNAME_MAX} bytes"
     elif ifname in (".", ".."):
@@ -508,6 +512,14 @@ def validate_ifname(ifname: str) -> None:
         raise CniError(
             ErrorCode.INVALID_ENVIRONMENT, f"invalid CNI_IFNAME: {ifname!r} {problem}", ""
         )
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
