@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from ipaddress import IPv4Address, ip_address, ip_interface
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from cni import netns
 from cni.ofports import OfportPool
+from cni.parallel import Steps
 from cni.protocol import (
     AddRejected,
     Attachment,
@@ -260,6 +261,7 @@ class PodNetwork:
         self._flows = flows
         self._ipam = ipam
         self._ofports = OfportPool()
+        self._steps = Steps("podnet-step")
         self.store = InterfaceStore()
 
     def restore(self) -> int:
@@ -303,13 +305,15 @@ class PodNetwork:
             self._ofports.done(ofport)  # by now the store holds it (or the ADD failed)
 
     def _add(self, req: Request, pair: netns.VethPair, ofport: int) -> Result:
-        ipam_result: Result = _together(lambda: self._ipam.add(req), lambda: _create_pair(pair))[0]
+        ipam_result: Result = self._steps.together(
+            lambda: self._ipam.add(req), lambda: _create_pair(pair)
+        )[0]
         iface = _interface_for(req, pair, ipam_result, ofport)
         addressing = netns.Addressing(
             iface.ips, tuple(netns.RouteSpec(r.dst, r.gw) for r in ipam_result.routes)
         )
         self.store.put(iface)  # before the port and the flows: a rollback must find them
-        given: int = _together(
+        given: int = self._steps.together(
             lambda: self._attach_port(iface),
             lambda: netns.configure_container(
                 req.netns, req.ifname, addressing, pair.tx_checksum_off
@@ -418,7 +422,9 @@ class PodNetwork:
             else:
                 self._remove_host_ends(self._host_names(req), errors)
 
-        _together(host_side, lambda: _collect(errors, "IPAM DEL", self._ipam.delete, req))
+        self._steps.together(
+            host_side, lambda: _collect(errors, "IPAM DEL", self._ipam.delete, req)
+        )
         if errors:
             raise CniError(ErrorCode.INTERFACE_FAILURE, "DEL incomplete", "; ".join(errors))
 
@@ -441,7 +447,7 @@ class PodNetwork:
             steps.append(
                 partial(_collect, errors, f"delete veth {name}", netns.delete_host_link, name)
             )
-        _all(steps)
+        self._steps.together(*steps)
 
     def _delete_port(self, name: str) -> None:
         self._ports.delete_port(self.config.bridge, name)
@@ -565,47 +571,6 @@ def _create_pair(pair: netns.VethPair) -> None:
         # Refused by the kernel, but IPAM is reserving an address meanwhile: the caller must
         # roll back, so this is no longer an "AddRejected".
         raise CniError(exc.code, exc.msg, exc.details) from exc
-
-
-def _together(*steps: Callable[[], Any]) -> list[Any]:
-    """Run the steps side by side (the first here, the others in helper threads born in the
-    caller's network namespace); wait for all, then raise the first failure in step order."""
-    results: list[Any] = [None] * len(steps)
-    errors: list[BaseException | None] = [None] * len(steps)
-
-    def run(index: int) -> None:
-        try:
-            results[index] = steps[index]()
-        except BaseException as exc:
-            errors[index] = exc
-
-    helpers = [
-        threading.Thread(target=run, args=(i,), name="podnet-step") for i in range(1, len(steps))
-    ]
-    for helper in helpers:
-        helper.start()
-    try:
-        run(0)
-    finally:
-        for helper in helpers:
-            helper.join()
-    for error in errors:
-        if error is not None:
-            raise error
-    return results
-
-
-def _all(steps: Sequence[Callable[[], None]]) -> None:
-    """Run steps that cannot fail (they collect their errors) side by side."""
-    threads = [threading.Thread(target=step, name="podnet-step") for step in steps[1:]]
-    for thread in threads:
-        thread.start()
-    try:
-        if steps:
-            steps[0]()
-    finally:
-        for thread in threads:
-            thread.join()
 
 
 def _collect(errors: list[str], what: str, step: Callable[..., object], *args: object) -> None:

@@ -21,6 +21,7 @@ import os
 import socketserver
 import threading
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Final, Protocol
@@ -353,15 +354,33 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http: " + format, *args)
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _UnixHTTPServer(socketserver.UnixStreamServer):
+    """Serves each connection on a reused worker thread. Workers are started by the serving
+    thread, so they live in the namespace it serves from; no thread start per call."""
+
     # A Unix socket refuses connections beyond its backlog instead of retrying like TCP: a
     # node starting many pods at once must not see "agent not reachable".
     request_queue_size = 256
 
     def __init__(self, path: str, dispatcher: CniDispatcher) -> None:
         self.dispatcher = dispatcher
+        self._workers = ThreadPoolExecutor(self.request_queue_size, thread_name_prefix="cni-call")
         super().__init__(path, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._workers.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._workers.shutdown(wait=False)  # calls in progress finish on their own
 
 
 class CniServer:
