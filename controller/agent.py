@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -215,9 +216,24 @@ class Agent:
     def _local_pod_changed(self, iface: PodInterface, present: bool) -> None:
         """A CNI ADD returns only once the pod's policies are realised (no unprotected start)."""
         assert self.policies is not None
+        if present:
+            self._wait_for_pod_object(iface)
         self.policies.local_pod_changed(iface, present)
         if not self.policies.wait_idle(POLICY_WAIT):
             log.warning("policies for %s not realised within %.0fs", iface.owner, POLICY_WAIT)
+
+    def _wait_for_pod_object(self, iface: PodInterface) -> None:
+        """Policies select pods by labels: a pod whose object has not reached the store yet
+        could not be isolated, so its ADD waits for it (bounded; the runtime created the pod
+        object before calling CNI, so it is normally already here)."""
+        deadline = time.monotonic() + POLICY_WAIT
+        while self.store.get("Pod", iface.pod_namespace, iface.pod_name) is None:
+            if not iface.pod_name or time.monotonic() > deadline:
+                log.warning(
+                    "pod object %s not in the store; policies may not select it yet", iface.owner
+                )
+                return
+            time.sleep(0.02)
 
     def _start_nodes(self, node: LocalNode) -> None:
         """Peer nodes' flows (and routes) in this round, before the old round goes."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -74,6 +75,17 @@ def connects(netns: str, ip: str, port: int) -> bool:
     return run_in(netns, sys.executable, "-c", CONNECT, ip, str(port)).returncode == 0
 
 
+def serve_in(netns: str) -> subprocess.Popen[str]:
+    """The test server on 8080-8082 inside a pod's namespace, once it is listening."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", SERVER, "8080", "8081", "8082"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    return server
+
+
 class Cluster:
     """The agent, its API server and pods registered there the way kubelet would."""
 
@@ -82,38 +94,20 @@ class Cluster:
         self.servers: list[subprocess.Popen[str]] = []
 
     def add(self, name: str, **labels: str) -> dict[str, str]:
-        made = self.pods.add(name)
-        self.api.create(
-            "pods",
-            {
-                "metadata": {"namespace": "default", "name": name, "labels": labels},
-                "spec": {
-                    "nodeName": NODE,
-                    "containers": [
-                        {"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}
-                    ],
-                },
-                "status": {"phase": "Running", "podIP": made["ip"]},
+        # Like kubelet: the pod object exists before its sandbox's CNI ADD; the IP comes after.
+        pod = {
+            "metadata": {"namespace": "default", "name": name, "labels": labels},
+            "spec": {
+                "nodeName": NODE,
+                "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}],
             },
-        )
-        server = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                made["netns"],
-                sys.executable,
-                "-c",
-                SERVER,
-                "8080",
-                "8081",
-                "8082",
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.servers.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            "status": {"phase": "Pending"},
+        }
+        self.api.create("pods", pod)
+        made = self.pods.add(name)
+        pod["status"] = {"phase": "Running", "podIP": made["ip"]}
+        self.api.update("pods", pod)
+        self.servers.append(serve_in(made["netns"]))
         return made
 
     def settle(self) -> None:
@@ -242,3 +236,21 @@ def test_established_connections_survive_a_policy_change_until_conntrack_is_flus
     flushed = f"ct_nw_src={a['ip']},ct_nw_dst={b['ip']},ct_nw_proto=6,ct_tp_dst=8082"
     cluster.ovs.appctl("dpctl/flush-conntrack", "zone=65520", flushed)
     assert say() == "cut", "without its conntrack entry the connection meets the policy"
+
+
+def test_a_new_pod_is_isolated_the_moment_its_add_returns(cluster):
+    """Even when its pod object reaches the agent after the ADD started."""
+    client = cluster.add("client", app="client")
+    cluster.api.create(
+        "networkpolicies", netpol("deny-late", podSelector={"matchLabels": {"app": "late"}})
+    )
+    cluster.settle()
+    late_object = {
+        "metadata": {"namespace": "default", "name": "late", "labels": {"app": "late"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c"}]},
+        "status": {"phase": "Pending"},
+    }
+    threading.Timer(0.5, cluster.api.create, ("pods", late_object)).start()
+    late = cluster.pods.add("late")
+    cluster.servers.append(serve_in(late["netns"]))
+    assert not connects(client["netns"], late["ip"], 8080)
