@@ -13,6 +13,7 @@ from flows.pipeline import TABLES, pipeline_document
 from plumbctl import lab_faults
 from plumbctl.inspect import emit, explain, flows, status, trace
 from plumbctl.lab import lab
+from plumbctl.policy import policy
 
 
 @click.group()
@@ -93,6 +94,7 @@ cli.add_command(flows)
 cli.add_command(trace)
 cli.add_command(explain)
 cli.add_command(status)
+cli.add_command(policy)
 
 
 def main() -> None:
