@@ -1284,6 +1284,195 @@ def cni_fuzz(cases: int = 10_000, seed: int = 7, progress: Progress = _quiet) ->
     }
 
 
+# --- scenario: malformed manifests and objects ------------------------------------------------
+
+
+def _doc(kind: str, name: str, **parts: Any) -> str:
+    meta = {"name": name, "namespace": NAMESPACE} if kind not in ("Node", "Namespace") else {}
+    meta = meta or {"name": name}
+    return json.dumps({"apiVersion": "v1", "kind": kind, "metadata": meta, **parts})
+
+
+def _policy_doc(name: str, spec: Any) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": spec,
+        }
+    )
+
+
+def _alias_bomb(levels: int = 7) -> str:
+    """A NetworkPolicy whose spec holds YAML aliases that unfold into 9**levels leaves (the
+    "billion laughs"): cheap to parse, costly to walk or compare."""
+    lines = ["apiVersion: networking.k8s.io/v1", "kind: NetworkPolicy"]
+    lines += ["metadata: {name: bad-aliases, namespace: rel}", "spec:"]
+    lines.append("  podSelector: {matchLabels: {app: nobody}}")  # valid, selects no pod
+    lines.append('  x0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]')
+    for i in range(1, levels + 1):
+        lines.append(f"  x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def malformed_files() -> dict[str, bytes]:
+    """File name -> content: files that are no YAML, documents that are no objects, objects
+    the store cannot take, and objects the reconcilers cannot use. Names start `bad-` so the
+    agents' logs can be searched for them."""
+    web = {"matchLabels": {"app": "web"}}
+    text = {
+        "bad-not-yaml.yaml": "kind: Pod\nmetadata: {name: [unclosed\n",
+        "bad-scalar.yaml": "42\n",
+        "bad-list.yaml": "- a\n- b\n",
+        "bad-no-kind.yaml": "metadata: {name: x}\n",
+        "bad-no-name.yaml": "kind: Pod\nmetadata: {namespace: rel}\n",
+        "bad-spec-list.yaml": _doc("Pod", "bad-spec-list", spec=[1, 2]),
+        "bad-namespace-int.yaml": "kind: Pod\nmetadata: {name: bad-ns-int, namespace: 7}\n",
+        "bad-deep.yaml": "a: " + "[" * 5000 + "]" * 5000 + "\n",
+        "bad-aliases.yaml": _alias_bomb(),
+        "bad-labels-list.yaml": _doc("Pod", "bad-labels-list", metadata=None),
+        "bad-pod-ip.yaml": json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "bad-pod-ip",
+                    "namespace": NAMESPACE,
+                    "labels": {"app": "client"},
+                },
+                "spec": {"nodeName": "node1", "containers": [{"name": "c"}]},
+                "status": {
+                    "phase": "Running",
+                    "podIP": "not-an-ip",
+                    "podIPs": [{"ip": "999.1.1.1"}],
+                },
+            }
+        ),
+        "bad-pod-labels.yaml": json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "bad-pod-labels",
+                    "namespace": NAMESPACE,
+                    "labels": ["app", "client"],
+                },
+                "spec": {"nodeName": "node2"},
+            }
+        ),
+        "bad-node-cidr.yaml": _doc(
+            "Node",
+            "node9",
+            spec={"podCIDR": "garbage"},
+            status={"addresses": [{"type": "InternalIP", "address": "also-garbage"}]},
+        ),
+        "bad-node-overlap.yaml": _doc(
+            "Node",
+            "node8",
+            spec={"podCIDR": "10.244.2.0/25"},
+            status={"addresses": [{"type": "InternalIP", "address": "172.30.0.18"}]},
+        ),
+        "bad-namespace-labels.yaml": json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": "bad-ns", "labels": "app=web"},
+            }
+        ),
+        "bad-policy-selector.yaml": _policy_doc(
+            "bad-policy-selector", {"podSelector": {"matchLabels": ["app", "web"]}}
+        ),
+        "bad-policy-port.yaml": _policy_doc(
+            "bad-policy-port",
+            {"podSelector": web, "ingress": [{"ports": [{"port": 70000}, {"port": "no such"}]}]},
+        ),
+        "bad-policy-endport.yaml": _policy_doc(
+            "bad-policy-endport",
+            {"podSelector": web, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]},
+        ),
+        "bad-policy-cidr.yaml": _policy_doc(
+            "bad-policy-cidr",
+            {"podSelector": web, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/99"}}]}]},
+        ),
+        "bad-policy-types.yaml": _policy_doc(
+            "bad-policy-types", {"podSelector": web, "policyTypes": ["Sideways"]}
+        ),
+        "bad-policy-spec-string.yaml": _policy_doc("bad-policy-spec-string", "allow all"),
+        "bad-policy-expression.yaml": _policy_doc(
+            "bad-policy-expression",
+            {"podSelector": {"matchExpressions": [{"key": "app", "operator": "Maybe"}]}},
+        ),
+    }
+    files = {name: content.encode() for name, content in text.items()}
+    files["bad-binary.json"] = bytes(range(256)) * 4
+    files["bad-latin1.yaml"] = "kind: Pod\nmetadata: {name: caf\xe9}\n".encode("latin-1")
+    return files
+
+
+# Malformed objects whose complaint names the object rather than its file; None: a valid
+# object that is merely odd (unknown fields), accepted without a word.
+_LOGGED_AS: dict[str, str | None] = {
+    "bad-node-cidr.yaml": "node9",
+    "bad-node-overlap.yaml": "node8",
+    "bad-aliases.yaml": None,
+}
+
+
+def _unlogged(files: dict[str, bytes], nodes: Sequence[NodeLayout]) -> list[str]:
+    """The bad files that no agent named in a warning or error."""
+    complaints = [
+        line
+        for node in nodes
+        for line in node.agent_log.read_text(errors="replace").splitlines()
+        if "level=warning" in line or "level=error" in line
+    ]
+    missing = []
+    for name in files:
+        token = _LOGGED_AS.get(name, name.rsplit(".", 1)[0])
+        if token is not None and not any(token in line for line in complaints):
+            missing.append(name)
+    return sorted(missing)
+
+
+def bad_manifests(progress: Progress = _quiet) -> dict[str, Any]:
+    """Drop malformed files and objects into the manifests directory under traffic: every
+    lane keeps its verdict, no agent restarts, each bad file is logged, and a good change made
+    afterwards still takes effect (a new pod, a policy)."""
+    with world(progress=progress) as w:
+        nodes = [w.node("node1"), w.node("node2")]
+        pids = [cluster.agent_pid(n) for n in nodes]
+        files = malformed_files()
+        with Traffic(w.lanes()) as traffic:
+            time.sleep(1.0)
+            for name, content in files.items():
+                (w.layout.manifests_dir / name).write_bytes(content)
+            time.sleep(3.0)
+        figures = traffic.figures()
+        alive = [
+            cluster.agent_pid(n) == pid and cluster.agent_ready(n)
+            for n, pid in zip(nodes, pids, strict=True)
+        ]
+        new_pod_s = churn_pod(w, "node2", "after-bad")
+        started = time.monotonic()
+        ManifestsDir(w.layout.manifests_dir).write(normalized(dict(DB_OPENED), "bench"))
+        converge([Lane(w.pod("client"), w.pod("db"), "TCP", True)], timeout=15)
+        policy_s = time.monotonic() - started
+        unlogged = _unlogged(files, nodes)
+    return {
+        "scenario": "bad-manifests",
+        "malformed_files": len(files),
+        "failed_probes": figures.failed,
+        "allowed_probes": figures.allowed_probes,
+        "leaked": figures.leaked,
+        "failing_lanes": figures.failing_lanes,
+        "agents_alive_same_process": all(alive),
+        "new_pod_s": round(new_pod_s, 3),
+        "policy_change_applied_s": round(policy_s, 3),
+        "bad_files_no_agent_complained_about": unlogged,
+    }
+
+
 # --- the command line -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -1298,6 +1487,7 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "partition": lambda a: partition(a.seconds or 10.0, progress=a.progress),
     "security": lambda a: security(progress=a.progress),
     "cni-fuzz": lambda a: cni_fuzz(a.runs or 10_000, progress=a.progress),
+    "bad-manifests": lambda a: bad_manifests(progress=a.progress),
 }
 
 
