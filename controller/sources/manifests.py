@@ -21,7 +21,8 @@ Failure rules:
 - A file that cannot be parsed as YAML is logged (naming the file) and skipped; the previous
   good content of that file stays in force until it parses again.
 - A malformed object (not a mapping, no kind, no metadata.name, a spec or status that is not a
-  mapping...) is logged (naming the file) and skipped; the file's other objects are used.
+  mapping, labels or annotations that are not strings to strings...) is logged (naming the
+  file) and skipped; the file's other objects are used.
 - The same object in two files: the file whose path sorts last wins (logged).
 - A directory that is missing or unreadable leaves the store exactly as it is; changes are
   picked up when it returns. The source reports synced only after one complete read.
@@ -136,6 +137,11 @@ def check_object(document: Any) -> tuple[str, KubeObject] | None:
     for part in ("spec", "status"):
         if document.get(part) is not None and not isinstance(document[part], dict):
             raise MalformedObject(f"{kind} {name}: {part} must be a mapping")
+    for part in ("labels", "annotations"):
+        # As the API server requires: reconcilers index and match these as str -> str.
+        value = meta.get(part)
+        if value is not None and not _string_map(value):
+            raise MalformedObject(f"{kind} {name}: metadata.{part} must map strings to strings")
     obj = document
     if kind not in CLUSTER_SCOPED and not namespace:
         obj = {**document, "metadata": {**meta, "namespace": "default"}}
@@ -144,6 +150,12 @@ def check_object(document: Any) -> tuple[str, KubeObject] | None:
     except Exception as err:
         raise MalformedObject(f"{kind} {name}: {type(err).__name__}: {err}") from None
     return kind, obj
+
+
+def _string_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
 
 
 # --- the source ---------------------------------------------------------------------------------
