@@ -13,6 +13,7 @@ BENCHMARKS = {
     "datapath": "bench.datapath",
     "reliability": "bench.reliability",
     "policy": "bench.policy",
+    "policy-datapath": "bench.policy_datapath",
 }
 
 

@@ -194,7 +194,7 @@ def report(cluster: Cluster) -> Report:
     for node in cluster.nodes:
         local = _local_pods(cluster, node)
         model = _node_model(cluster, local)
-        datapath = Datapath.of(_current_flows(cluster, node))
+        datapath = Datapath.of(current_flows(cluster, node))
         expected_drops: dict[Direction, set[str]] = {d: set() for d in Direction}
         for key in model.policy_keys():
             ref = f"{key[0]}/{key[1]}"
@@ -226,7 +226,7 @@ def _node_model(cluster: Cluster, local: Mapping[PodKey, LocalTarget]) -> Policy
     return model
 
 
-def _current_flows(cluster: Cluster, node: Node) -> list[DumpedFlow]:
+def current_flows(cluster: Cluster, node: Node) -> list[DumpedFlow]:
     flows = annotate.parse_dump(node.dump_flows())
     round_ = cluster.state(node).round
     return annotate.current_round(flows, round_) if round_ is not None else flows
