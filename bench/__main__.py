@@ -12,6 +12,7 @@ BENCHMARKS = {
     "lab": "bench.lab",
     "datapath": "bench.datapath",
     "reliability": "bench.reliability",
+    "soak": "bench.soak",
     "policy": "bench.policy",
     "policy-datapath": "bench.policy_datapath",
 }
