@@ -111,8 +111,8 @@ def is_address(name: str) -> bool:
 
 
 class AddressStore:
-    """One network's directory in host-local's format. Methods that change it take the flock
-    themselves; `locked()` is for callers that need several steps to be one."""
+    """One network's directory in host-local's format. Methods that change it expect the caller
+    to hold `locked()` (host-local's flock), so that read-then-change steps are one."""
 
     def __init__(self, data_dir: str, network: str) -> None:
         if not network or "/" in network or network in (".", ".."):
