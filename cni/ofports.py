@@ -33,8 +33,8 @@ class OfportPool:
 
     def learn(self, foreign: Iterable[int], seen: Iterable[int] = ()) -> None:
         """`foreign`: numbers held by ports on the bridge that are no pod's (read at start, or
-        after a surprise). `seen`: every number on the bridge; the cursor moves past the
-        highest, so that a restarted agent starts after the numbers it last used."""
+        after a surprise). `seen` (at start only): every number on the bridge; the cursor moves
+        to the highest, so that a restarted agent goes on after the numbers it last used."""
         with self._lock:
             self._foreign = {n for n in foreign if self.first <= n <= self.last}
             highest = max((n for n in seen if self.first <= n <= self.last), default=0)

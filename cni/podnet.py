@@ -273,14 +273,15 @@ class PodNetwork:
             if (iface := interface_from_port(port.name, port.ofport, port.external_ids))
         ]
         self.store.replace_all(ifaces)
-        self._learn_ofports(ports)
+        self._learn_ofports(ports, restart=True)
         return len(ifaces)
 
-    def _learn_ofports(self, ports: Sequence[PortInfo]) -> None:
+    def _learn_ofports(self, ports: Sequence[PortInfo], restart: bool = False) -> None:
+        """The numbers of ports that are no pod's; at a restart, also where to go on from."""
         pods = {i.host_ifname for i in self.store.all()}
         self._ofports.learn(
             foreign=(p.ofport for p in ports if p.name not in pods),
-            seen=(p.ofport for p in ports),
+            seen=(p.ofport for p in ports) if restart else (),
         )
 
     def _pod_ofports(self) -> list[int]:

@@ -52,3 +52,11 @@ def test_concurrent_takes_never_share_a_number() -> None:
     with ThreadPoolExecutor(max_workers=16) as threads:
         got = list(threads.map(lambda _: pool.take(list), range(200)))
     assert sorted(got) == list(range(1, 201))
+
+
+def test_learning_foreign_numbers_later_does_not_move_the_cursor_back() -> None:
+    pool = OfportPool(1, 10)
+    for _ in range(6):
+        pool.done(pool.take(list))  # 1..6 handed out and freed again
+    pool.learn(foreign=[2])  # a surprise: a port holds 2
+    assert pool.take(list) == 7  # still round-robin, not back to 3
