@@ -4,18 +4,26 @@ their flows are exactly what the model asks for, and every pair is probed agains
 table. A mismatch fails with upstream's three grids (expected, observed, comparison).
 
 SCTP probes skip with the lab's reason where the kernel has no SCTP; the SCTP cases' policies
-are still applied and must still be realised by the agents."""
+are still applied and must still be realised by the agents.
+
+Last, a sample of the property tests' random worlds (random labels on the same 9 pods, random
+policies) goes through the same lab, judged by the model's verdict instead of a table."""
 
 from __future__ import annotations
 
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from controller.netpol_model import World, verdict
 from tests.netpol_conformance import cases as c
 from tests.netpol_conformance.lab_runner import ConformanceLab
+from tests.unit.netpol import strategies
 
 pytestmark = pytest.mark.lab
 
@@ -40,3 +48,65 @@ def test_upstream_case_in_the_lab(lab: ConformanceLab, case: c.Case) -> None:
     print(f"{case.id}: {len(results)} checks in {time.monotonic() - start:.1f}s")
     if skipped and all(r.skipped for r in results):
         pytest.skip("; ".join(sorted(skipped)))
+
+
+# --- random policies over random labels, judged by the model, through real probes -------------
+
+PROBED = (c.Check("TCP", 80, ()), c.Check("TCP", 81, ()), c.Check("UDP", 80, ()))
+
+
+@st.composite
+def random_states(draw: st.DrawFn) -> c.State:
+    """The lab's 9 pods and 3 namespaces with random labels (the property tests' vocabulary,
+    beside each pod's own `pod` label) and 1 to 3 random policies."""
+    pod_labels = {
+        ref: {"pod": ref.split("/")[1], **draw(strategies._labels(strategies.POD_LABELS))}
+        for ref in c.PODS
+    }
+    ns_labels = {ns: draw(strategies._labels(strategies.NS_LABELS)) for ns in c.NAMESPACES}
+    policies = {}
+    for i in range(draw(st.integers(1, 3))):
+        policy = draw(strategies.policies(list(c.NAMESPACES), i))
+        policy.update(apiVersion="networking.k8s.io/v1", kind="NetworkPolicy")
+        meta = policy["metadata"]
+        policies[f"{meta['namespace']}/{meta['name']}"] = policy
+    return c.State(policies, pod_labels, ns_labels)
+
+
+def model_table(lab: ConformanceLab, state: c.State, check: c.Check) -> c.Table:
+    namespaces, pods, policies = state.objects(lab.ips)
+    world = World.of(policies, pods, namespaces)
+    return {
+        (src, dst): verdict(world, _key(src), _key(dst), check.protocol, check.port)
+        for src in c.PODS
+        for dst in c.PODS
+    }
+
+
+def _key(ref: str) -> tuple[str, str]:
+    namespace, name = ref.split("/")
+    return namespace, name
+
+
+@settings(
+    max_examples=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(state=random_states())
+def test_random_policies_in_the_lab_match_the_model(lab: ConformanceLab, state: c.State) -> None:
+    """A sample of the property tests' random worlds through real probes: what the agents
+    install lets through exactly what the model's verdict says, on TCP 80 and 81 and UDP 80."""
+    lab.converge(state)
+    lab.wait_in_sync()
+    for check in PROBED:
+        expected = model_table(lab, state, check)
+        result = lab.verify(replace(check, expect=_as_expectations(expected)))
+        assert not result.wrong, (
+            f"{check.probe}: {len(result.wrong)} wrong\n{c.comparison(expected, result.observed)}"
+        )
+
+
+def _as_expectations(table: c.Table) -> tuple[tuple[str, str, bool], ...]:
+    """The model's table as a check's expectations (one line per denied pair)."""
+    return tuple((src, dst, False) for (src, dst), ok in table.items() if not ok)
