@@ -110,3 +110,44 @@ def test_random_policies_in_the_lab_match_the_model(lab: ConformanceLab, state: 
 def _as_expectations(table: c.Table) -> tuple[tuple[str, str, bool], ...]:
     """The model's table as a check's expectations (one line per denied pair)."""
     return tuple((src, dst, False) for (src, dst), ok in table.items() if not ok)
+
+
+# --- intent against datapath on conformance worlds (issue 8's `plumbctl explain --all`) --------
+
+EXPLAINED = (
+    "02-default-deny-all",
+    "06-allow-only-from-other-namespace",
+    "10-podselector-and-namespaceselector",
+)
+
+
+@pytest.mark.parametrize("case_id", EXPLAINED)
+def test_explain_all_agrees_with_the_datapath_on_conformance_worlds(
+    lab: ConformanceLab, case_id: str
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    case = next(case for case in CASES if case.id == case_id)
+    lab.run(case)  # leaves the case's last world in force, realised on both nodes
+    cmd = [
+        sys.executable,
+        "-m",
+        "plumbctl",
+        "explain",
+        "--all",
+        "--ports",
+        "80,81",
+        "--protocols",
+        "TCP",
+        "--lab",
+        lab.name,
+        "-o",
+        "json",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    report = json.loads(done.stdout)
+    assert report["mismatches"] == 0, [r for r in report["results"] if not r["agree"]]
+    assert done.returncode == 0
+    assert any(not r["model"]["allowed"] for r in report["results"]), "the case blocks something"
