@@ -481,6 +481,16 @@ def agent_rss(node: NodeLayout) -> int:
     raise RuntimeError(f"{node.name}: no VmRSS for pid {pid}")
 
 
+# --- scenario: no fault (the lanes' own noise floor) -------------------------------------------
+
+
+def baseline(seconds: float = 30.0, progress: Progress = _quiet) -> dict[str, Any]:
+    """The lanes with nothing happening: what a scenario's figures are to be compared with."""
+    with world(progress=progress) as w, Traffic(w.lanes()) as traffic:
+        time.sleep(seconds)
+    return {"scenario": "baseline", "seconds": seconds, **traffic.stop().to_json()}
+
+
 # --- scenario: agent restart ------------------------------------------------------------------
 
 
@@ -1488,6 +1498,12 @@ SCENARIOS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "security": lambda a: security(progress=a.progress),
     "cni-fuzz": lambda a: cni_fuzz(a.runs or 10_000, progress=a.progress),
     "bad-manifests": lambda a: bad_manifests(progress=a.progress),
+    "bad-input": lambda a: {
+        "scenario": "bad-input",
+        "cni_fuzz": cni_fuzz(a.runs or 10_000, progress=a.progress),
+        "bad_manifests": bad_manifests(progress=a.progress),
+    },
+    "baseline": lambda a: baseline(a.seconds or 30.0, progress=a.progress),
 }
 
 
