@@ -430,13 +430,16 @@ class PodNetwork:
             raise CniError(ErrorCode.INTERFACE_FAILURE, "DEL incomplete", "; ".join(errors))
 
     def _teardown(self, iface: PodInterface, errors: list[str]) -> None:
+        # Out of the store first: whoever `remove_pod` tells (the policy reconciler reads the
+        # store) must no longer count the pod. Back in if a step fails, for the next DEL or GC.
+        self.store.pop(iface.attachment)
         # Flows before the port: a port number must not be reused while flows still name it.
         mine: list[str] = []
         _collect(mine, "remove flows", self._flows.remove_pod, iface)
         if not mine:
             self._remove_host_ends([iface.host_ifname], mine)
-        if not mine:
-            self.store.pop(iface.attachment)
+        if mine:
+            self.store.put(iface)
         errors.extend(mine)
 
     def _remove_host_ends(self, names: Sequence[str], errors: list[str]) -> None:
