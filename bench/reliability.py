@@ -616,10 +616,11 @@ def ovsdb_restart(
         flows_before = set(dump_flows(target))
         agent_before = cluster.agent_pid(target)
         adds: list[float] = []
-        # 3 s probes: ovs-vswitchd runs no userspace datapath port that its main thread polls
-        # (veths, taps) while it is without its database, so packets wait about a second, its
-        # reconnection backoff; they are delayed, not lost (docs/reliability.md).
-        with Traffic(w.lanes(), timeout=3.0) as traffic:
+        # 10 s probes: ovs-vswitchd polls no port of the userspace datapath that its main
+        # thread serves (veths, taps) while it is without its database, so packets wait for its
+        # reconnection, whose backoff doubles from 1 s to 8 s when restarts come in a row; they
+        # are delayed, not lost (docs/reliability.md). The slowest probe is the disruption.
+        with Traffic(w.lanes(), timeout=10.0) as traffic:
             time.sleep(1.0)
             for i in range(runs):
                 done = faults.restart(w.layout, node, "ovsdb-server", hard=kill)
@@ -979,6 +980,9 @@ PLUMB = Path(__file__).resolve().parents[1] / "cni" / "plumb"
 CNI_PATH = ":".join(pods.CNI_BIN_DIRS)
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# The pods fuzzed calls name; their objects are in the manifests before the calls start.
+FUZZ_NAMESPACES = ("fz", "kube-system")
+FUZZ_PODS = tuple(f"fuzz-{i}" for i in range(10))
 # Variables the executable forwards, and its own knobs; everything else it ignores.
 CNI_VARS = ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH")
 
@@ -1062,20 +1066,19 @@ def fuzz_cases(netns_paths: Sequence[str], hostile_paths: Sequence[str]) -> Any:
     replaced."""
     from hypothesis import strategies as st
 
-    def field(valid: Any, garbage: Any) -> Any:
-        return st.integers(0, 4).flatmap(lambda n: garbage if n == 0 else valid)
+    def field(valid: Any, garbage: Any, one_in: int = 5) -> Any:
+        return st.integers(1, one_in).flatmap(lambda n: garbage if n == 1 else valid)
 
     env_text = st.binary(max_size=64).map(lambda b: b.replace(b"\0", b""))
     env_garbage = st.one_of(st.none(), st.just(b""), env_text, st.text(max_size=40).map(_env_bytes))
     ident = st.binary(min_size=32, max_size=32).map(lambda b: b.hex().encode())
-    # Pod names from the runtime end up in OVS external_ids and flow owners: mostly sane ones,
-    # sometimes anything the environment can carry.
-    names = st.one_of(
-        st.sampled_from([b"fz", b"kube-system", NAMESPACE.encode()]),
-        st.integers(0, 20).map(lambda n: f"fuzz-{n}".encode()),
-        env_text.map(lambda b: b.replace(b";", b"")),
-    )
-    args = st.tuples(names, names).map(
+    # Pod names from the runtime end up in OVS external_ids and flow owners: mostly the pods
+    # whose objects exist (kubelet creates the object before calling CNI, and an ADD waits
+    # a while for it), one time in twenty anything the environment can carry.
+    garbage_name = env_text.map(lambda b: b.replace(b";", b""))
+    namespaces = field(st.sampled_from([n.encode() for n in FUZZ_NAMESPACES]), garbage_name, 20)
+    names = field(st.sampled_from([n.encode() for n in FUZZ_PODS]), garbage_name, 20)
+    args = st.tuples(namespaces, names).map(
         lambda p: b"IgnoreUnknown=1;K8S_POD_NAMESPACE=" + p[0] + b";K8S_POD_NAME=" + p[1]
     )
     env = st.fixed_dictionaries(
@@ -1256,6 +1259,17 @@ def inventory(node: NodeLayout, sandboxes: Sequence[str] = ()) -> NodeInventory:
     )
 
 
+def write_fuzz_pod_objects(w: World) -> None:
+    """The objects of the pods fuzzed calls name, as kubelet writes them before CNI ADD."""
+    manifests = ManifestsDir(w.layout.manifests_dir)
+    for namespace in FUZZ_NAMESPACES:
+        for name in FUZZ_PODS:
+            pod = pod_object(name, "node1", {"app": "fuzz"})
+            pod["metadata"]["namespace"] = namespace
+            manifests.write(pod)
+    time.sleep(1.0)  # the agents poll the directory every 0.2 s
+
+
 def cni_fuzz(cases: int = 10_000, seed: int = 7, progress: Progress = _quiet) -> dict[str, Any]:
     """Fuzz the CNI executable against a one-node lab's agent, then check that nothing leaked
     and that the node still attaches pods that talk."""
@@ -1265,6 +1279,7 @@ def cni_fuzz(cases: int = 10_000, seed: int = 7, progress: Progress = _quiet) ->
         for name in sandboxes:
             host.ensure_netns(name)
         try:
+            write_fuzz_pod_objects(w)
             before = inventory(node, sandboxes)
             agent = cluster.agent_pid(node)
             started = time.monotonic()
