@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Final
 
 from lab import cluster, host
@@ -126,14 +127,17 @@ def _restart_ovs_daemon(node: NodeLayout, component: str, sig: signal.Signals) -
 
 
 def _signal_and_wait(pid: int, sig: signal.Signals, still_there: Callable[[], bool]) -> None:
-    """Send `sig`; SIGKILL if the process is still there after the stop timeout."""
+    """Send `sig` (SIGKILL if the process is still there after the stop timeout) and return
+    once every thread of it has exited."""
     for attempt in (sig, signal.SIGKILL):
         try:
             os.kill(pid, attempt)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + _STOP_TIMEOUT
-        while still_there():
+        # The main thread turns zombie first; the others hold its files (a daemon's locked
+        # pidfile) until they are gone too, and a successor would find it "already running".
+        while still_there() or _threads_alive(pid):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.005)
@@ -141,6 +145,22 @@ def _signal_and_wait(pid: int, sig: signal.Signals, still_there: Callable[[], bo
             _reap(pid)
             return
     raise FaultError(f"process {pid} survived SIGKILL")
+
+
+def _threads_alive(pid: int) -> bool:
+    """Whether any thread of `pid` has not exited (is neither zombie nor dead)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _reap(pid: int) -> None:
