@@ -117,6 +117,18 @@ def memory_growth(curve: Sequence[tuple[float, int, int, int]], node: int) -> fl
     return (statistics.median(values[-fifth:]) - statistics.median(values[:fifth])) / 2**20
 
 
+def _settled_flow_counts(nodes: list[Any], want: list[int], timeout: float = 10.0) -> list[int]:
+    """Flow counts once the agents have caught up with the last deletions (the manifests source
+    polls, then peers' policy flows follow): the counts at `want`, or what they are at timeout,
+    so a real leak still shows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = [len(dump_flows(n)) for n in nodes]
+        if counts == want or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.2)
+
+
 def soak(
     cycles: int = 1000, duration: float = 600.0, progress: Progress = _quiet
 ) -> dict[str, Any]:
@@ -128,7 +140,7 @@ def soak(
             figures = churn(w, cycles, duration, progress)
         lanes = traffic.figures()
         leaks = {n.name: inventory(n).leaks_against(b) for n, b in zip(nodes, before, strict=True)}
-        flows_after = [len(dump_flows(n)) for n in nodes]
+        flows_after = _settled_flow_counts(nodes, flows_before)
     return {
         "scenario": "soak",
         "cycles": figures.cycles,
