@@ -5,6 +5,7 @@ address goes with them (runtimes.md recipe; OBS-01..04)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from tests.runtime.conftest import (
 pytestmark = [pytest.mark.ovs, pytest.mark.runtime]
 
 NETWORK = "plumb"
+CNI_CACHE = Path("/var/lib/cni")
 POD_NET_PREFIX = "10.244.0."  # node-a's PodCIDR (tests.kube.conftest.populate)
 GATEWAY = "10.244.0.1"
 
@@ -133,11 +135,22 @@ class Podman:
 @pytest.fixture
 def podman(runtime_node: RuntimeNode) -> Iterator[Podman]:
     require("podman", "conmon")
+    cni_cache_existed = CNI_CACHE.exists()
     tool = Podman(runtime_node)
     try:
         yield tool
     finally:
         tool.cleanup()
+        if not cni_cache_existed:
+            _remove_empty(CNI_CACHE / "results", CNI_CACHE)
+
+
+def _remove_empty(*directories: Path) -> None:
+    """libcni's result cache (no podman option moves it): gone again if we made it and it is
+    empty (its entries go with each DEL)."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def test_podman_containers_on_a_plumb_network_reach_each_other(
