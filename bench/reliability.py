@@ -642,6 +642,7 @@ def ovsdb_restart(
         "allowed_probes": figures.allowed_probes,
         "slowest_probe_ms": round(figures.max_latency_ms, 1),
         "leaked": figures.leaked,
+        "failing_lanes": figures.failing_lanes,
         "ports_before": len(ports_before),
         "ports_after": len(ports_after),
         "duplicate_ports": sorted(p for p, n in Counter(ports_after).items() if n > 1),
@@ -1032,12 +1033,17 @@ def call_plumb(case: CniCase, socket_path: Path, timeout: float = 60.0) -> CniAn
     return CniAnswer(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 
+TRACEBACK = b"Traceback (most recent call last)"
+
+
 def output_problem(case: CniCase, answer: CniAnswer) -> str | None:
     """What is wrong with an answer, None when it is a valid CNI answer: exit 0 with nothing
     or one JSON object on stdout; exit 1 with one CNI error object (int code, str msg); never
     a traceback on either stream."""
+    # Error messages quote their input: a marker the caller sent is no traceback of ours.
+    sent = case.stdin + b"".join(v for v in case.env.values() if v is not None)
     for stream in (answer.stdout, answer.stderr):
-        if b"Traceback" in stream:
+        if TRACEBACK in stream and TRACEBACK not in sent:
             return "a traceback"
     text = answer.stdout.strip()
     if answer.exit_code == 0:
