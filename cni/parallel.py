@@ -8,11 +8,14 @@ per caller namespace: a call from the node's namespace gets workers that live th
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
+
+log = logging.getLogger("plumb.cni.parallel")
 
 MAX_WORKERS = 64  # per namespace; a busy node runs tens of CNI calls at once
 
@@ -38,6 +41,17 @@ class Steps:
             if error is not None:
                 raise error
         return [value for value, _ in outcomes]
+
+    def soon(self, step: Callable[[], None]) -> None:
+        """Run `step` on a worker without waiting for it (best-effort follow-ups of a call);
+        its failure is logged."""
+        self._pool().submit(self._logged, step)
+
+    def _logged(self, step: Callable[[], None]) -> None:
+        try:
+            self._as_worker(step)
+        except Exception:
+            log.exception("background step failed")
 
     def close(self) -> None:
         """Let idle workers go (running steps finish)."""

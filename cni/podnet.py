@@ -20,7 +20,7 @@ from functools import partial
 from ipaddress import IPv4Address, ip_address, ip_interface
 from typing import Final, Protocol
 
-from cni import netns
+from cni import garp, netns
 from cni.ofports import OfportPool
 from cni.parallel import Steps
 from cni.protocol import (
@@ -323,6 +323,7 @@ class PodNetwork:
         )[0]
         if given != ofport:
             self._correct_ofport(iface, given)
+        self._steps.soon(partial(_announce, req.netns, req.ifname, iface))
         return merge_prev_result(req.prev_result, _result_for(req, pair, ipam_result))
 
     def _correct_ofport(self, iface: PodInterface, given: int) -> None:
@@ -566,6 +567,16 @@ def _result_for(req: Request, pair: netns.VethPair, ipam_result: Result) -> Resu
         routes=ipam_result.routes,
         dns=ipam_result.dns if not ipam_result.dns.is_empty() else req.dns,  # CFG-06
     )
+
+
+def _announce(netns_path: str, ifname: str, iface: PodInterface) -> None:
+    """The pod's gratuitous ARP, right after its ADD (best-effort: the pod may be gone)."""
+    if iface.ipv4 is None:
+        return
+    try:
+        garp.announce(netns_path, ifname, iface.mac, iface.ipv4)
+    except (OSError, CniError) as exc:
+        log.info("no gratuitous ARP for %s: %s", iface.owner, exc)
 
 
 def _create_pair(pair: netns.VethPair) -> None:
