@@ -4,8 +4,8 @@ Found by `python -m bench soak`: pods on one node talk over L2 (their ARP is flo
 pipeline forwards on eth_dst), so a client keeps the deleted pod's MAC for that IP until its
 neighbour entry goes stale and is re-probed (up to half a minute and more), and the new pod is
 unreachable meanwhile. host-local hands out an IP again once its range wraps; the test makes it
-do so at once by setting its last reservation. A gratuitous ARP from the new pod once its flows
-are in (as Antrea's CNI sends) would fix it; that belongs to the CNI room."""
+do so at once by setting its last reservation. Fixed in the CNI room: the new pod sends a
+gratuitous ARP once its port and flows are in (cni/garp.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from bench.reliability import Lane, pod_object
 pytestmark = pytest.mark.lab
 
 
-@pytest.mark.xfail(strict=True, reason="no gratuitous ARP when a pod's IP is reused (CNI room)")
 def test_a_client_reaches_a_new_pod_that_reuses_a_deleted_pods_ip_at_once() -> None:
     with reliability.world() as w:
         old = pod_object("old", "node1", {"app": "web"})
