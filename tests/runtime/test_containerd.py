@@ -3,9 +3,10 @@ agent's own allocator: the conflist has no ipam section) and reach each other ov
 through OVS; when they exit ctr's DEL (CNI_NETNS empty, OBS-06) leaves nothing behind.
 
 containerd runs from a private config with its root, state and socket under a temp dir, in a
-mount namespace of its own where /run is a tmpfs (shim sockets, FIFOs) and /etc/cni/net.d and
-/opt are the test's: ctr reads only the first conflist of /etc/cni/net.d and finds plugins only
-in /opt/cni/bin (OBS-05, CHN-03). ctr joins that namespace; it is stopped by its PID."""
+mount namespace of its own where /run and /var/lib are tmpfs (shim sockets, FIFOs, the CNI
+result cache) and /etc/cni/net.d and /opt are the test's: ctr reads only the first conflist of
+/etc/cni/net.d and finds plugins only in /opt/cni/bin (OBS-05, CHN-03). ctr joins that
+namespace; containerd is stopped by its PID."""
 
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class Containerd:
         setup = " && ".join(
             [
                 "mount -t tmpfs plumbtest /run",
+                "mount -t tmpfs plumbtest /var/lib",  # ctr's CNI result cache (/var/lib/cni)
                 f"mount --bind '{self.root / 'net.d'}' /etc/cni/net.d",
                 f"mount --bind '{self.root / 'opt'}' /opt",
                 f"exec containerd --config '{self.root / 'config.toml'}'",
