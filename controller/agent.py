@@ -227,8 +227,10 @@ class Agent:
         could not be isolated, so its ADD waits for it (bounded; the runtime created the pod
         object before calling CNI, so it is normally already here)."""
         deadline = time.monotonic() + POLICY_WAIT
+        if not iface.pod_namespace or not iface.pod_name:
+            return  # not a Kubernetes pod (podman sends a name, no namespace): nothing to select
         while self.store.get("Pod", iface.pod_namespace, iface.pod_name) is None:
-            if not iface.pod_name or time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 log.warning(
                     "pod object %s not in the store; policies may not select it yet", iface.owner
                 )
