@@ -32,7 +32,7 @@ from controller.cni_metrics import MeteredBackend
 from controller.config import AgentConfig, load_config
 from controller.errors import ConfigError, PlumbError
 from controller.gateway import ensure_gateway_address
-from controller.health import HealthServer, ReadinessGates
+from controller.health import HealthServer, ReadinessGates, SyncClock
 from controller.logs import install_signal_handlers, setup_logging
 from controller.nodes import NodeReconciler
 from controller.podflows import SwitchPodFlows
@@ -87,6 +87,7 @@ class Agent:
         self.nodes: NodeReconciler | None = None
         self.policies: PolicyReconciler | None = None
         self.cni_server: CniServer | None = None
+        self.sync_clock = SyncClock(config.source)
 
     def start(self) -> None:
         self.health.start()
@@ -103,12 +104,14 @@ class Agent:
         self._start_pod_network(node)
         self._start_nodes(node)
         self._finish_round(previous)
+        self._start_sync_clock()
         self.gates.set("network")
         self.network_ready.set()
         log.info("agent ready node=%s round=%d", self.config.node_name, self.round)
 
     def stop(self) -> None:
         """Stop serving and watching, disconnect; every installed flow stays in OVS."""
+        self.sync_clock.stop()
         if self.cni_server is not None:
             self.cni_server.stop()
         if self.source is not None:
@@ -253,6 +256,14 @@ class Agent:
         # Flows go in before routes: a route that keeps failing only delays this wait.
         if not self.nodes.wait_idle(self.sync_timeout):
             log.warning("peer nodes not all reconciled within %.0fs; retrying", self.sync_timeout)
+
+    def _start_sync_clock(self) -> None:
+        """The last-sync time on /metrics: now (once the reconcilers are idle), then after each
+        change of the source. Its handler comes after the reconcilers' own (see SyncClock)."""
+        assert self.policies is not None and self.nodes is not None
+        self.sync_clock.start([self.policies.wait_idle, self.nodes.wait_idle])
+        self.store.add_handler(self.sync_clock.changed)
+        self.sync_clock.mark()
 
     def _finish_round(self, previous: int | None) -> None:
         assert self.switch is not None and self.ovsdb is not None

@@ -9,6 +9,10 @@
 
 Readiness comes from named gates (`ReadinessGates`) that the agent opens as its parts come up:
 "ovsdb", "openflow", "synced", and so on. The server runs in daemon threads; `stop` closes it.
+
+`SyncClock` keeps the two sync times on /metrics: when the source last changed the store
+(`plumb_agent_source_last_change_timestamp_seconds`) and when the agent last had every change
+committed to the bridge (`plumb_agent_last_sync_timestamp_seconds`); `plumbctl status` reads them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +60,108 @@ class ReadinessGates:
         """Every gate and whether it is open, in declaration order."""
         with self._lock:
             return dict(self._gates)
+
+
+IdleWait = Callable[[float], bool]
+"""A reconciler's `wait_idle(timeout)`: True once everything queued is committed."""
+
+
+class SyncClock:
+    """When the agent last brought the bridge in step with its source.
+
+    `changed` is a store handler (registered after every reconciler's own, so that they have
+    queued a change before the clock hears of it): it stamps the source's last change and wakes
+    a thread that waits until every reconciler is idle, then stamps the last sync. Idle after
+    the change was counted means every change counted so far is committed; a reconciler that
+    keeps failing (retrying a bundle) keeps the last sync where it was, so the source's change
+    stays younger than it. `mark` asks for a stamp without a source change (the agent's start).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        wall: Callable[[], float] = time.time,
+        poll: float = 1.0,
+    ) -> None:
+        self.source = source
+        self._wall = wall
+        self._poll = poll
+        self._cond = threading.Condition()
+        self._asked = 0  # changes (and marks) counted
+        self._done = 0  # of which committed
+        self._idle: list[IdleWait] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.last_sync: float | None = None
+        self.last_change: float | None = None
+
+    def start(self, idle: Sequence[IdleWait]) -> None:
+        """Watch these reconcilers from now on (in a daemon thread)."""
+        if self._thread is not None:
+            return
+        self._idle = list(idle)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sync-clock", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    def changed(self, _event: object = None) -> None:
+        """The source changed the store (a `Store` handler: runs under the store's lock)."""
+        now = self._wall()
+        self.last_change = now
+        metrics.SOURCE_LAST_CHANGE.labels(self.source).set(now)
+        self.mark()
+
+    def mark(self) -> None:
+        """Stamp the last sync once every reconciler is idle."""
+        with self._cond:
+            self._asked += 1
+            self._cond.notify_all()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Block until everything counted so far is committed (for tests)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._asked
+            while self._done < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._done == self._asked and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                target = self._asked
+            if not self._all_idle():
+                continue  # stopping, or not idle yet: look again
+            now = self._wall()
+            self.last_sync = now
+            metrics.LAST_SYNC.set(now)
+            with self._cond:
+                self._done = target
+                self._cond.notify_all()
+
+    def _all_idle(self) -> bool:
+        for wait_idle in self._idle:
+            while not wait_idle(self._poll):
+                with self._cond:
+                    if self._stopping:
+                        return False
+        return True
 
 
 class _Server(ThreadingHTTPServer):

@@ -121,6 +121,18 @@ SYNCED = Gauge(
     ["stream"],
     registry=REGISTRY,
 )
+SOURCE_LAST_CHANGE = Gauge(
+    f"{PREFIX}_source_last_change_timestamp_seconds",
+    "When the source last changed an object in the store (Unix time; 0: not since the start).",
+    ["source"],
+    registry=REGISTRY,
+)
+LAST_SYNC = Gauge(
+    f"{PREFIX}_last_sync_timestamp_seconds",
+    "When the agent last had every change of its source committed to the bridge by every "
+    "reconciler (Unix time): its start, then each change once the reconcilers are idle again.",
+    registry=REGISTRY,
+)
 
 
 def _version() -> str:
