@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from flows.pipeline import TABLES
 from flows.policy import LocalTarget
 from lab.layout import BRIDGE, DEFAULT_NAME
 from plumbctl import intent
+from plumbctl.agent_metrics import MetricsParseError, SyncTimes, describe, sync_times
 from plumbctl.nodes import (
     DEFAULT_HEALTH,
     DEFAULT_RUNDIR,
@@ -730,7 +732,7 @@ def _table(rows: Sequence[Sequence[str]]) -> None:
 @where_options
 @_errors_as_click
 def status(**kwargs: Any) -> None:
-    """Agent readiness, local pods, flows per table, last flow change, round, OVS version."""
+    """Agent readiness, last sync, local pods, flows per table, round, OVS version."""
     where = _where(kwargs)
     cluster = where.cluster()
     data = [_node_status(cluster, node) for node in where.nodes(cluster)]
@@ -758,6 +760,7 @@ def _node_status(cluster: Cluster, node: Node) -> dict[str, Any]:
             "detail": "" if gates else body.strip(),
         },
         "ovs_version": _safe(node.ovs_version),
+        "last_sync": _last_sync(node),
         "round": state.round,
         "pods": [
             {"pod": p.ref, "ofport": p.ofport, "ip": p.ip, "mac": p.mac, "port": p.port}
@@ -768,6 +771,18 @@ def _node_status(cluster: Cluster, node: Node) -> dict[str, Any]:
         "flows_per_table": annotate.flows_per_table(current),
         "last_flow_change_seconds": min(ages) if ages else None,
     }
+
+
+def _last_sync(node: Node) -> dict[str, Any]:
+    """The agent's sync stamps from its /metrics, with their ages now."""
+    code, body = node.http_get("/metrics")
+    now = time.time()
+    if code != 200:
+        return {**SyncTimes().report(now), "error": body.strip() or f"HTTP {code}"}
+    try:
+        return sync_times(body).report(now)
+    except MetricsParseError as exc:
+        return {**SyncTimes().report(now), "error": str(exc)}
 
 
 def _safe(read: Callable[[], str]) -> str:
@@ -791,8 +806,10 @@ def _print_status(nodes: Iterable[dict[str, Any]]) -> None:
         )
         others = f", {s['flows_other_rounds']} of other rounds" if s["flows_other_rounds"] else ""
         click.echo(f"  round        {s['round']} ({s['flows']} flows{others})")
+        sync = s["last_sync"]
+        click.echo(f"  last sync    {sync['error'] if 'error' in sync else describe(sync)}")
         age = s["last_flow_change_seconds"]
-        click.echo(f"  last change  {'-' if age is None else f'{age:.1f} s ago'} (youngest flow)")
+        click.echo(f"  last flow    {'-' if age is None else f'{age:.1f} s ago'} (youngest flow)")
         pods = ", ".join(f"{p['pod']} ({p['ip']}, port {p['ofport']})" for p in s["pods"])
         click.echo(f"  pods         {len(s['pods'])}{': ' + pods if pods else ''}")
         click.echo("  flows per table:")

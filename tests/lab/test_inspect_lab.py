@@ -124,3 +124,55 @@ def test_explain_all_finds_no_mismatch_then_a_planted_one(lab: Lab) -> None:
         ("demo/client", "demo/web", 81),
     }
     assert plumbctl(lab, "explain", "--all", "--ports", "80,81", check=False).returncode == 1
+
+
+DB_DENY_ALL = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-deny-all, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Ingress]
+"""
+
+
+def last_sync(lab: Lab, node: str) -> dict[str, Any]:
+    sync: dict[str, Any] = as_json(lab, "status", "--node", node)["last_sync"]
+    return sync
+
+
+def wait_synced_after(lab: Lab, node: str, after: float, timeout: float = 15) -> dict[str, Any]:
+    """The node's last sync once it is in step with a source change made after `after`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sync = last_sync(lab, node)
+        change = sync["source_last_change"] or 0
+        if change >= after and sync["in_step"]:
+            return sync
+        assert time.monotonic() < deadline, f"no sync after {after}: {sync}"
+        time.sleep(0.2)
+
+
+def test_status_last_sync_moves_forward_when_a_policy_is_applied(lab: Lab) -> None:
+    before = last_sync(lab, "node1")
+    assert before["source"] == "manifests" and before["in_step"] is True
+    assert before["timestamp"] and before["age_seconds"] >= 0
+    assert time.time() - before["timestamp"] == pytest.approx(before["age_seconds"], abs=5)
+    applied = time.time()
+    lab.apply(DB_DENY_ALL)
+    sync = wait_synced_after(lab, "node1", applied)
+    assert sync["timestamp"] > before["timestamp"] and sync["timestamp"] >= applied
+    assert sync["timestamp"] >= sync["source_last_change"]
+    # In step means committed: db's isolation drop is on node1 already.
+    drops = as_json(lab, "flows", "--node", "node1", "--table", "IngressDefaultRule")["flows"]
+    assert "ingress isolation of demo/db" in {f["owner"]["name"] for f in drops}
+    human = plumbctl(lab, "status", "--node", "node1").stdout
+    assert "  last sync    " in human and "in step with manifests" in human
+    # Node2 holds no db: it still syncs (its policy model sees the policy), just no flows.
+    assert wait_synced_after(lab, "node2", applied)["timestamp"] >= applied
+    removed = time.time()
+    lab.delete(DB_DENY_ALL)
+    after = wait_synced_after(lab, "node1", removed)
+    assert after["timestamp"] > sync["timestamp"]
+    drops = as_json(lab, "flows", "--node", "node1", "--table", "IngressDefaultRule")["flows"]
+    assert "ingress isolation of demo/db" not in {f["owner"]["name"] for f in drops}
