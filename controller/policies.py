@@ -9,6 +9,14 @@ bundle, no moment in which traffic is wrongly allowed or dropped. A failed bundl
 owners marked unsynced and is retried with backoff; the switch's cache only moves on success.
 
 Invalid policies are logged and shown by `status()`; the others stay in force.
+
+One bad object must not stop every other change. A key whose object cannot be taken in (reading
+it into the model, or compiling the policy, raises) is logged naming the object and set aside:
+the model keeps what it knew of it, the rest of the batch goes on, and the key is tried again
+alone, slowly (`poison_retry` seconds, doubling up to `poison_retry_cap`), or at once when it
+changes. An owner whose flows cannot be built (`PolicyFlowError`: more rules on one clause than
+a flow holds) keeps its installed flows and is logged; the other owners are committed. Only a
+failed commit (an OpenFlow error) holds up the whole bundle, and it is retried with backoff.
 """
 
 from __future__ import annotations
@@ -22,12 +30,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from cni.podnet import PodInterface
-from controller.netpol_model import CompiledPolicy, PolicyKey, PolicyModel, pod_info
+from controller.netpol_model import (
+    CompiledPolicy,
+    PolicyKey,
+    PolicyModel,
+    pod_info,
+)
 from controller.openflow import OpenFlowError
 from controller.store import ObjectKey, Store, StoreEvent
 from controller.switch import Switch
 from flows.flow import Flow
-from flows.policy import PROTOCOL_NAMES, LocalTarget, PolicyFlows, PortRange, Rule
+from flows.policy import (
+    PROTOCOL_NAMES,
+    LocalTarget,
+    PolicyFlowError,
+    PolicyFlows,
+    PortRange,
+    Rule,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +74,15 @@ def local_pods_of(ifaces: Iterable[PodInterface]) -> list[LocalPod]:
         for i in ifaces
         if i.ifname == "eth0" and i.ipv4 is not None and i.ofport > 0 and i.pod_name
     ]
+
+
+@dataclass(slots=True)
+class _SetAside:
+    """A key whose object could not be taken in: when to try it again, and why it failed."""
+
+    failures: int
+    due: float
+    error: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +123,8 @@ class PolicyReconciler:
         clock: Callable[[], float] = time.monotonic,
         retry_base: float = 0.05,
         retry_cap: float = 5.0,
+        poison_retry: float = 5.0,
+        poison_retry_cap: float = 300.0,
     ) -> None:
         self.store = store
         self.switch = switch
@@ -101,6 +132,7 @@ class PolicyReconciler:
         self._local_pods = local_pods
         self._clock = clock
         self._retry_base, self._retry_cap = retry_base, retry_cap
+        self._poison_retry, self._poison_retry_cap = poison_retry, poison_retry_cap
         self.model = PolicyModel()
         self.flows = PolicyFlows(round_, reuse_delay)
         self._cond = threading.Condition()
@@ -114,6 +146,11 @@ class PolicyReconciler:
         self._compiled: dict[PolicyKey, CompiledPolicy] = {}
         self._unsynced: set[str] = set()  # owners whose flows are not committed yet
         self._unrealised: set[PolicyKey] = set()
+        self._set_aside: dict[ObjectKey, _SetAside] = {}  # keys that raised; under _cond
+        self._bad_owners: dict[str, str] = {}
+        self._bad_addresses: dict[
+            ObjectKey, str
+        ] = {}  # pods warned about, and why  # owners whose flows cannot be built, and why
         self.last_bundle: dict[str, int] = {}  # owners and flow mods of the latest bundle
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -189,7 +226,8 @@ class PolicyReconciler:
                 retry_at = time.monotonic() + delay
                 log.warning("policy flows not committed, retrying in %.2fs: %s", delay, exc)
             except Exception:
-                # Level-triggered: the keys go back and are read from the store again.
+                # Not one key's fault (those are set aside in `_process`): a bug on the commit
+                # path. Level-triggered: the keys go back and are read from the store again.
                 log.exception("policy reconciler failed; retrying in %.1fs", self._retry_cap)
                 self._failures += 1
                 retry_at = time.monotonic() + self._retry_cap
@@ -201,9 +239,12 @@ class PolicyReconciler:
                 self._cond.notify_all()
 
     def _next_batch(self) -> list[ObjectKey] | None:
-        """Wait (holding the condition) for queued keys or a due retry; None on stop."""
+        """Wait (holding the condition) for queued keys, a due retry or a set-aside key whose
+        time has come; None on stop."""
         while not self._stopping:
             now = time.monotonic()
+            waiting = [s.due for k, s in self._set_aside.items() if k not in self._pending]
+            self._pending.update(k for k, s in self._set_aside.items() if s.due <= now)
             due = self._retry_at is not None and now >= self._retry_at
             if self._pending and (self._retry_at is None or due):
                 batch = list(self._pending)
@@ -211,29 +252,45 @@ class PolicyReconciler:
                 return batch
             if due:
                 return []
-            wait = None if self._retry_at is None else self._retry_at - now
-            self._cond.wait(wait)
+            wakes = [t for t in (self._retry_at, *waiting) if t is not None and t > now]
+            self._cond.wait(min(wakes) - now if wakes else None)
         return None
 
     def _process(self, batch: Iterable[ObjectKey]) -> None:
-        """Apply the changes to the model, recompute what they affect, commit one bundle."""
+        """Apply the changes to the model, recompute what they affect, commit one bundle.
+
+        A key that raises is set aside (`_set_aside_key`) and the others go on; an OpenFlow
+        error from the commit propagates, leaving the owners unsynced for the retry.
+        """
+        failed: dict[ObjectKey, Exception] = {}
+        keys = sorted(set(batch), key=lambda k: _ORDER.get(k[0], 9))
         with self._model_lock:
             dirty: set[PolicyKey] = set()
-            for key in sorted(batch, key=lambda k: _ORDER.get(k[0], 9)):
-                dirty |= self._apply(key)
+            for key in keys:
+                try:
+                    dirty |= self._apply(key)
+                except Exception as exc:
+                    failed[key] = exc
             now = self._clock()
-            for policy in dirty:
-                compiled = self.model.compile(policy)
+            for policy in sorted(dirty):
+                try:
+                    compiled = self.model.compile(policy)
+                    owners = self.flows.update_policy(
+                        _policy_name(policy), compiled.rules, compiled.isolated, now
+                    )
+                except Exception as exc:
+                    failed[("NetworkPolicy", *policy)] = exc
+                    continue
                 self._compiled[policy] = compiled
-                self._unsynced |= self.flows.update_policy(
-                    _policy_name(policy), compiled.rules, compiled.isolated, now
-                )
+                self._unsynced |= owners
             self._unrealised |= dirty
-            changes: dict[str, Iterable[Flow]] = {
-                owner: self.flows.owner_flows(owner) for owner in self._unsynced
-            }
-            sent = set(self._unsynced)
-            realised = set(self._unrealised)
+            changes = self._owner_changes()
+            sent = set(changes)
+            # Realised: their flows are all committed. While an owner cannot be built, which
+            # policies it serves is not tracked: none is claimed realised.
+            realised = set() if self._bad_owners else set(self._unrealised)
+            realised -= {(k[1], k[2]) for k in failed if k[0] == "NetworkPolicy"}
+        self._account(keys, failed)
         diff = self.switch.replace_many(changes) if changes else None
         with self._model_lock:
             self._unsynced -= sent
@@ -246,6 +303,72 @@ class PolicyReconciler:
                 len(changes),
                 self.last_bundle["flow_mods"],
             )
+
+    def _owner_changes(self) -> dict[str, Iterable[Flow]]:
+        """The flows of every unsynced owner that can be built; the others keep their flows
+        on the bridge and stay unsynced (tried again with the next batch)."""
+        changes: dict[str, Iterable[Flow]] = {}
+        for owner in sorted(self._unsynced):
+            try:
+                changes[owner] = self.flows.owner_flows(owner)
+            except Exception as exc:
+                error = _describe(exc)
+                if self._bad_owners.get(owner) != error:
+                    log.error(
+                        "policy flows of %s not built; its installed flows stay: %s",
+                        owner,
+                        error,
+                        exc_info=not isinstance(exc, PolicyFlowError),
+                    )
+                self._bad_owners[owner] = error
+                continue
+            if self._bad_owners.pop(owner, None) is not None:
+                log.info("policy flows of %s built again", owner)
+        return changes
+
+    def _account(self, keys: Iterable[ObjectKey], failed: Mapping[ObjectKey, Exception]) -> None:
+        """Set aside the keys that raised (logged once per distinct error) and take back those
+        that went through."""
+        now = time.monotonic()
+        with self._cond:
+            for key in keys:
+                if key in failed:
+                    continue
+                if self._set_aside.pop(key, None) is not None:
+                    log.info("%s taken in again", _object_name(key))
+            for key, exc in failed.items():
+                self._set_aside_key(key, exc, now)
+
+    def _set_aside_key(self, key: ObjectKey, exc: Exception, now: float) -> None:
+        # Called holding _cond.
+        previous = self._set_aside.get(key)
+        failures = previous.failures + 1 if previous is not None else 1
+        delay = min(self._poison_retry_cap, self._poison_retry * 2 ** (failures - 1))
+        error = _describe(exc)
+        self._set_aside[key] = _SetAside(failures, now + delay, error)
+        if previous is None or previous.error != error:
+            log.error(
+                "policy reconciler skipped %s (what was known of it stays; the other changes "
+                "go on); trying it again in %.0fs: %s",
+                _object_name(key),
+                delay,
+                error,
+                exc_info=exc,
+                extra={"object": _object_name(key)},
+            )
+        else:
+            log.warning(
+                "policy reconciler still skips %s; trying it again in %.0fs: %s",
+                _object_name(key),
+                delay,
+                error,
+                extra={"object": _object_name(key)},
+            )
+
+    def set_aside(self) -> dict[str, str]:
+        """The objects the reconciler could not take in, with the error (for status)."""
+        with self._cond:
+            return {_object_name(k): s.error for k, s in sorted(self._set_aside.items())}
 
     def _apply(self, key: ObjectKey) -> set[PolicyKey]:
         kind, namespace, name = key
@@ -338,6 +461,17 @@ def _is_ipv4(text: str) -> bool:
 
 def _policy_name(key: PolicyKey) -> str:
     return f"{key[0]}/{key[1]}"
+
+
+def _object_name(key: ObjectKey) -> str:
+    kind, namespace, name = key
+    if kind == "LocalPods":
+        return "the local pods"
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}"
+
+
+def _describe(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _peers_text(rule: Rule) -> str:
