@@ -409,9 +409,8 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo:
 
 
 def _pod_ipv4(status: Mapping[str, Any]) -> str | None:
-    candidates = [p.get("ip") for p in status.get("podIPs") or ()] + [status.get("podIP")]
-    for text in candidates:
-        if isinstance(text, str) and text:
+    for _path, text, well_formed in _pod_addresses(status):
+        if well_formed and isinstance(text, str) and text:
             try:
                 if ipaddress.ip_address(text).version == 4:
                     return text
@@ -420,13 +419,58 @@ def _pod_ipv4(status: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _pod_addresses(status: Mapping[str, Any]) -> Iterator[tuple[str, Any, bool]]:
+    """(field, value, in the right place) of every address a pod's status gives, podIPs
+    first; a podIPs entry that is no object is not in the right place."""
+    entries = status.get("podIPs")
+    for i, entry in enumerate(entries if isinstance(entries, list) else ()):
+        if isinstance(entry, Mapping):
+            yield f"status.podIPs[{i}].ip", entry.get("ip"), True
+        else:
+            yield f"status.podIPs[{i}]", entry, False
+    yield "status.podIP", status.get("podIP"), True
+
+
+def pod_address_problem(obj: Mapping[str, Any]) -> str | None:
+    """What is wrong with a pod object's addresses (status.podIP, status.podIPs), None if
+    nothing: each given one must be an IP address. Such an address is ignored; a pod left
+    without an IPv4 is neither selected nor matched as a peer (as a pod without an address)."""
+    status = obj.get("status") or {}
+    if not isinstance(status, Mapping):
+        return None
+    problems = []
+    if status.get("podIPs") is not None and not isinstance(status.get("podIPs"), list):
+        problems.append(f"status.podIPs {status.get('podIPs')!r} is not a list")
+    for path, text, well_formed in _pod_addresses(status):
+        if not well_formed:
+            problems.append(f"{path} {text!r} is not an object with an ip")
+        elif text is not None and text != "" and not _is_ip(text):
+            problems.append(f"{path} {text!r} is not an IP address")
+    return "; ".join(problems) or None
+
+
+def _is_ip(text: Any) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _named_ports(spec: Mapping[str, Any]) -> Iterator[NamedPort]:
-    for container in [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())]:
-        for port in container.get("ports") or ():
+    # Entries that are not objects are skipped (the API server would refuse them).
+    for container in [*_entries(spec.get("containers")), *_entries(spec.get("initContainers"))]:
+        for port in _entries(container.get("ports")):
             name, number = port.get("name"), port.get("containerPort")
-            protocol = PROTOCOL_NUMBERS.get(port.get("protocol") or "TCP")
+            protocol = PROTOCOL_NUMBERS.get(str(port.get("protocol") or "TCP"))
             if name and isinstance(number, int) and protocol is not None:
                 yield (str(name), protocol, number)
+
+
+def _entries(value: Any) -> list[Mapping[str, Any]]:
+    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
 
 
 def resolve_port(pod: PodInfo, name: str, protocol: int) -> int | None:

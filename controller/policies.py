@@ -34,6 +34,7 @@ from controller.netpol_model import (
     CompiledPolicy,
     PolicyKey,
     PolicyModel,
+    pod_address_problem,
     pod_info,
 )
 from controller.openflow import OpenFlowError
@@ -381,6 +382,7 @@ class PolicyReconciler:
             return self.model.set_local_pods(local)
         obj = self.store.get(kind, namespace, name)
         if kind == "Pod":
+            self._check_pod_addresses(key, obj)
             return self.model.set_pod((namespace, name), pod_info(obj) if obj else None)
         if kind == "Namespace":
             labels = (obj.get("metadata") or {}).get("labels") or {} if obj else None
@@ -390,6 +392,30 @@ class PolicyReconciler:
         if kind == "Node":
             self._unsynced |= self.flows.set_node_addresses(*node_addresses(obj))
         return set()
+
+    def _check_pod_addresses(self, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
+        """Warn once per pod (and again if it changes) about addresses that are not IPs."""
+        problem = pod_address_problem(obj) if obj else None
+        if problem is None:
+            self._bad_addresses.pop(key, None)
+            return
+        if self._bad_addresses.get(key) == problem:
+            return
+        self._bad_addresses[key] = problem
+        info = pod_info(obj) if obj else None
+        peer = (
+            "its other address is used"
+            if info is not None and info.ip is not None
+            else "it is neither selected nor matched as a policy peer"
+        )
+        log.warning(
+            "pod %s/%s has a malformed address, ignored (%s): %s",
+            key[1],
+            key[2],
+            peer,
+            problem,
+            extra={"pod": f"{key[1]}/{key[2]}"},
+        )
 
     def _apply_policy(self, key: PolicyKey, obj: Mapping[str, Any] | None) -> set[PolicyKey]:
         dirty = self.model.set_policy(key, obj)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from controller.netpol_model import PolicyModel, World, pod_info, verdict
+from controller.netpol_model import PolicyModel, World, pod_address_problem, pod_info, verdict
 from flows.policy import Direction, IPBlock, LocalTarget, Peers, PolicyFlows, PortRange, RuleKey
 from tests.unit.netpol.helpers import labels, load, namespace, pod, policy
 from tests.unit.netpol.simulate import node_state, ofports, packet, passes
@@ -185,6 +186,40 @@ def test_pods_of_a_namespace_without_object_are_still_selected_by_name():
     )
     (rule,) = rules_of(model).values()
     assert rule.peers.ips == {"10.0.0.1"}
+
+
+@pytest.mark.parametrize(
+    ("status", "ip", "problem"),
+    [
+        ({"podIP": "10.0.0.1"}, "10.0.0.1", None),
+        ({"podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}]}, "10.0.0.1", None),
+        ({}, None, None),
+        ({"podIP": ""}, None, None),
+        ({"podIP": "not-an-ip"}, None, "status.podIP 'not-an-ip' is not an IP address"),
+        (
+            {"podIP": "x", "podIPs": [{"ip": "999.1.1.1"}]},
+            None,
+            "status.podIPs[0].ip '999.1.1.1' is not an IP address; "
+            "status.podIP 'x' is not an IP address",
+        ),
+        ({"podIPs": ["10.0.0.1"]}, None, "status.podIPs[0] '10.0.0.1' is not an object with an ip"),
+        ({"podIP": 167772161}, None, "status.podIP 167772161 is not an IP address"),
+        ({"podIPs": "10.0.0.1", "podIP": "10.0.0.2"}, "10.0.0.2", "status.podIPs '10.0.0.1'"),
+        ({"podIPs": [{"ip": "bad"}], "podIP": "10.0.0.2"}, "10.0.0.2", "'bad' is not an IP"),
+    ],
+)
+def test_malformed_pod_addresses_are_ignored_and_described(status, ip, problem):
+    obj = {"metadata": {"namespace": "x", "name": "p"}, "status": status}
+    assert pod_info(obj).ip == ip
+    found = pod_address_problem(obj)
+    assert (found is None) == (problem is None) and (problem or "") in (found or "")
+
+
+def test_container_ports_that_are_no_objects_are_skipped():
+    obj = pod("x", "p", "10.0.0.1", {"http": 8080})
+    obj["spec"]["containers"] += ["c2", {"name": "c3", "ports": [80, {"name": "x"}]}]
+    obj["spec"]["initContainers"] = {"not": "a list"}
+    assert pod_info(obj).named_ports == (("http", 6, 8080),)
 
 
 def test_a_policy_stored_without_namespace_is_in_default_and_can_be_deleted():

@@ -266,3 +266,29 @@ def test_an_owner_that_cannot_be_built_keeps_its_flows_and_the_others_commit(
     assert reconciler.wait_idle(5)
     assert switch.installed["policy/peer/10.0.9.3"] != before
     assert {s.name: s.realised for s in reconciler.status()} == {"p2": True}
+
+
+# --- pods with malformed addresses ----------------------------------------------------------------
+
+
+def test_a_pod_with_a_malformed_address_is_warned_about_once(world, caplog):
+    store, _switch, reconciler, _ = world
+    reconciler.start()
+    bad = pod("x", "bad-ip", "not-an-ip", node="node-b", app="c")
+    bad["status"]["podIPs"] = [{"ip": "999.1.1.1"}]
+    store.upsert("Pod", bad)
+    assert reconciler.wait_idle(5)
+    bad["metadata"]["labels"]["tier"] = "1"  # changed, same bad address: no second warning
+    store.upsert("Pod", bad)
+    assert reconciler.wait_idle(5)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "x/bad-ip" in warnings[0] and "'not-an-ip'" in warnings[0] and "999.1.1.1" in warnings[0]
+    assert "neither selected nor matched" in warnings[0]
+    info = reconciler.model.pod(("x", "bad-ip"))
+    assert info is not None and info.ip is None
+    store.upsert("Pod", pod("x", "bad-ip", "10.0.9.9", node="node-b", app="c"))
+    assert reconciler.wait_idle(5)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    info = reconciler.model.pod(("x", "bad-ip"))
+    assert info is not None and info.ip == "10.0.9.9"
