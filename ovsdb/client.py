@@ -7,8 +7,12 @@ failure is raised as an `OvsdbError` (see ovsdb.errors). Three ovsdbapp habits a
 - its check for a failed interface compares a list with -1 and never fires: we read
   Interface.ofport and Interface.error back ourselves.
 
-The client reconnects by itself when ovsdb-server restarts (python-ovs's reconnect, backing off
-from 1 s); a call made meanwhile waits for the reconnection, or raises OvsdbTimeout.
+The client reconnects by itself when ovsdb-server restarts (python-ovs's reconnect, every
+second at most); a call made meanwhile waits for the reconnection, or raises OvsdbTimeout.
+
+It watches only the tables and columns it uses (`MONITORED`), not the whole schema: each port
+add is answered by ovs-vswitchd's updates of the interface, and every few seconds by its
+statistics of every interface, which the client would otherwise parse in Python and ignore.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ovsdbapp import exceptions as ovsdbapp_exceptions
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
-from ovsdb import keys
+from ovsdb import jsonparse, keys
 from ovsdb.errors import (
     BridgeNotFound,
     InterfaceError,
@@ -41,6 +45,40 @@ _DATAPATH_ID = re.compile(r"[0-9a-f]{16}")
 # A pod port whose interface got no ofport after vswitchd applied the change has failed; the
 # extra wait only covers a vswitchd that reports the ofport in a later update.
 _POD_PORT_GRACE = 2.0
+# python-ovs backs off up to 8 s between reconnections; on a local socket a restarted
+# ovsdb-server is back within a second, so retry every second (python-ovs's minimum).
+_RECONNECT_BACKOFF_MS = 1000
+
+# Every table and column the verbs below read or write (ovsdbapp's add_br, add_port and the
+# vsctl transaction's next_cfg/cur_cfg included). A verb touching another column fails in
+# tests with AttributeError: add it here.
+MONITORED: Mapping[str, tuple[str, ...]] = {
+    "Open_vSwitch": ("bridges", "next_cfg", "cur_cfg"),
+    "Bridge": (
+        "name",
+        "ports",
+        "datapath_type",
+        "fail_mode",
+        "protocols",
+        "other_config",
+        "external_ids",
+        "flow_tables",
+    ),
+    "Port": ("name", "interfaces"),
+    "Interface": (
+        "name",
+        "type",
+        "options",
+        "ofport",
+        "ofport_request",
+        "external_ids",
+        "mac",
+        "mac_in_use",
+        "mtu_request",
+        "error",
+    ),
+    "Flow_Table": ("name",),
+}
 
 T = TypeVar("T")
 
@@ -54,6 +92,15 @@ class PortInfo:
     type: str = ""
     external_ids: Mapping[str, str] = field(default_factory=dict)
     mac_in_use: str = ""
+
+
+class _ThreadedIdl(connection.OvsdbIdl):  # type: ignore[misc]  # ovsdbapp is untyped
+    """ovsdbapp's IDL without its cooperative yield: `time.sleep(0)` after every row of an
+    update lets eventlet's green threads run, but among real threads it only hands the GIL
+    to another thread for up to a switch interval, several times per update."""
+
+    def cooperative_yield(self) -> None:
+        pass
 
 
 class _WaitingTxn(impl_idl.OvsVsctlTransaction):  # type: ignore[misc]  # ovsdbapp is untyped
@@ -104,9 +151,12 @@ class OvsdbClient:
         self.timeout = timeout
         self._closed = threading.Event()
         try:
+            jsonparse.install()
             helper = idlutils.get_schema_helper(remote, "Open_vSwitch")
-            helper.register_all()
-            idl = connection.OvsdbIdl(remote, helper)
+            for table, columns in MONITORED.items():
+                helper.register_columns(table, list(columns))
+            idl = _ThreadedIdl(remote, helper)
+            idl._session.reconnect.set_backoff(_RECONNECT_BACKOFF_MS, _RECONNECT_BACKOFF_MS)
             self._connection = connection.Connection(idl, timeout=int(max(timeout, 1)))
             # ovsdbapp keeps "the" connection on the API class, so every client in a process
             # would share the first remote; a class per client keeps clients independent.
