@@ -25,7 +25,7 @@ from flows import annotate
 from flows.annotate import DumpedFlow, Names, TracePass, TraceStep, Verdict
 from flows.fields import GATEWAY_OFPORT, TUNNEL_OFPORT, VIRTUAL_MAC
 from flows.pipeline import TABLES
-from flows.policy import LocalTarget
+from flows.policy import Direction, LocalTarget
 from lab.layout import BRIDGE, DEFAULT_NAME
 from plumbctl import intent
 from plumbctl.agent_metrics import MetricsParseError, SyncTimes, describe, sync_times
@@ -35,10 +35,14 @@ from plumbctl.nodes import (
     Cluster,
     InspectError,
     Node,
+    NodeState,
+    PodPort,
     lab_cluster,
     lab_exists,
     local_cluster,
+    node_cluster,
 )
+from plumbctl.objects import ObjectsError, from_kube, from_manifests
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -50,7 +54,8 @@ MAX_HOPS = 3
 
 
 def where_options(func: F) -> F:
-    """--lab/--node, or --ovs-rundir/--bridge/--health for a node outside a lab; -o."""
+    """--lab/--node, or --ovs-rundir/--bridge/--health (and --manifests or --kubeconfig for the
+    cluster's objects, --node for the node's name) for a node outside a lab; -o."""
     options = [
         click.option(
             "--lab",
@@ -74,6 +79,18 @@ def where_options(func: F) -> F:
             help="The agent's health address (outside a lab).",
         ),
         click.option(
+            "--manifests",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="A node outside a lab: the cluster's objects from this manifests directory "
+            "(the agent's `source: manifests` format).",
+        ),
+        click.option(
+            "--kubeconfig",
+            default=None,
+            help="A node outside a lab: the cluster's objects from this cluster's API server.",
+        ),
+        click.option(
             "-o",
             "--output",
             type=click.Choice(["human", "json", "yaml"]),
@@ -94,10 +111,22 @@ class Where:
     ovs_rundir: Path | None
     bridge: str
     health: str
+    manifests: Path | None
+    kubeconfig: str | None
     output: str
 
     def cluster(self) -> Cluster:
-        """The lab when there is one (and no --ovs-rundir), else this machine's node."""
+        """This machine's node with the objects of --manifests or --kubeconfig; else the lab
+        when there is one (and no --ovs-rundir); else this machine's node alone."""
+        if self.manifests is not None and self.kubeconfig is not None:
+            raise click.UsageError("give --manifests or --kubeconfig, not both")
+        if self.manifests is not None or self.kubeconfig is not None:
+            if self.manifests is not None:
+                objects = from_manifests(self.manifests)
+            else:
+                objects = from_kube(self.kubeconfig or "", self.node or "")
+            rundir = self.ovs_rundir or DEFAULT_RUNDIR
+            return node_cluster(rundir, self.bridge, self.health, objects, self.node)
         if self.ovs_rundir is None and lab_exists(self.lab_name):
             return lab_cluster(self.lab_name)
         if self.node is not None and self.ovs_rundir is None:
@@ -114,7 +143,8 @@ class Where:
 
 
 def _where(kwargs: dict[str, Any]) -> Where:
-    keys = ("lab_name", "node", "ovs_rundir", "bridge", "health", "output")
+    keys: tuple[str, ...] = ("lab_name", "node", "ovs_rundir", "bridge", "health")
+    keys += ("manifests", "kubeconfig", "output")
     return Where(*(kwargs.pop(k) for k in keys))
 
 
@@ -123,7 +153,12 @@ def _errors_as_click(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (InspectError, annotate.DumpParseError, annotate.TraceParseError) as exc:
+        except (
+            InspectError,
+            ObjectsError,
+            annotate.DumpParseError,
+            annotate.TraceParseError,
+        ) as exc:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -489,12 +524,7 @@ def _next_hop(cluster: Cluster, hop: Hop, headers: str, dst_ip: str) -> tuple[No
         nxt = next((n for n in cluster.nodes if n.address == hop.verdict.tunnel_dst), None)
         if nxt is None or not hop.node.address:
             return None
-        flow = (
-            f"in_port={TUNNEL_OFPORT},tun_id=0,tun_src={hop.node.address},"
-            f"tun_dst={nxt.address},dl_src={final.get('dl_src')},dl_dst={VIRTUAL_MAC},"
-            f"{headers},nw_ttl={ttl}"
-        )
-        return nxt, flow
+        return nxt, _from_tunnel(hop.node.address, nxt.address, final.get("dl_src"), headers, ttl)
     if hop.verdict.kind == "gateway":
         nxt = cluster.node_of_address(dst_ip) if cluster.lab else None
         if nxt is None or nxt is hop.node:
@@ -503,13 +533,51 @@ def _next_hop(cluster: Cluster, hop: Hop, headers: str, dst_ip: str) -> tuple[No
         target = next((p for p in state.pods if p.ip == dst_ip), None)
         if target is None:
             return None
-        # Routed mode: each node's kernel routes the packet once (and decrements its TTL).
-        flow = (
-            f"in_port={GATEWAY_OFPORT},dl_src={state.gateway_mac},dl_dst={target.mac},"
-            f"{headers},nw_ttl={ttl - 2}"
-        )
-        return nxt, flow
+        return nxt, _from_gateway(state, target, headers, ttl)
     return None
+
+
+def _from_tunnel(tun_src: str, tun_dst: str, dl_src: str | None, headers: str, ttl: int) -> str:
+    """The packet as it comes out of the tunnel on the node at `tun_dst`."""
+    return (
+        f"in_port={TUNNEL_OFPORT},tun_id=0,tun_src={tun_src},tun_dst={tun_dst},"
+        f"dl_src={dl_src or VIRTUAL_MAC},dl_dst={VIRTUAL_MAC},{headers},nw_ttl={ttl}"
+    )
+
+
+def _from_gateway(state: NodeState, target: PodPort, headers: str, ttl: int) -> str:
+    """Routed mode: the packet as the node's kernel hands it to the bridge, towards `target`.
+    Each node's kernel routes the packet once (and decrements its TTL)."""
+    return (
+        f"in_port={GATEWAY_OFPORT},dl_src={state.gateway_mac},dl_dst={target.mac},"
+        f"{headers},nw_ttl={ttl - 2}"
+    )
+
+
+def trace_arriving(
+    cluster: Cluster, node: Node, src: str, dst: str, protocol: str, port: int
+) -> Trace:
+    """Trace a packet from `src`, a pod on a node out of reach, as it arrives at `node` (where
+    `dst` runs): out of the tunnel from the source's node (the source MAC, its node's gateway
+    MAC, unknown here, is the virtual MAC; the pipeline does not match it), or, routed, from
+    the gateway."""
+    state = cluster.state(node)
+    target = state.pod(dst)
+    if target is None:
+        raise InspectError(f"no pod {dst} on {node.label}")
+    src_ip = cluster.pod_ip(src)
+    headers = _l4(protocol, port) + f",nw_src={src_ip},nw_dst={target.ip}"
+    if state.tunnel:
+        node_name = ((cluster.pod_object(src) or {}).get("spec") or {}).get("nodeName")
+        peer = next((p for p in cluster.peers if p.name == node_name), None)
+        peer = peer or cluster.peer_of_address(src_ip)
+        if peer is None or not peer.address or not node.address:
+            raise InspectError(f"{src}: its node's address is not known (no Node object with one)")
+        flow = _from_tunnel(peer.address, node.address, None, headers, 63)
+    else:
+        flow = _from_gateway(state, target, headers, 64)
+    hop = _hop(cluster, node, flow, _isolation(cluster))
+    return Trace(src, dst, target.ip, protocol, port, [hop])
 
 
 def _print_trace(result: Trace) -> None:
@@ -553,6 +621,11 @@ def _print_steps(hop: Hop) -> None:
 
 # --- plumbctl explain --------------------------------------------------------------------------
 
+# What a case's datapath side covers: the whole path (both ends' nodes are inspectable, as in a
+# lab), or one node's part of it when the other end's node is out of reach (a node outside a
+# lab sees its own OVS only): its egress (source here) or its ingress (destination here).
+JUDGED = ("path", "egress", "ingress")
+
 
 @dataclass
 class Explanation:
@@ -562,11 +635,18 @@ class Explanation:
     port: int
     model: intent.Intent
     trace: Trace
-    delivered: bool
+    judged: str  # one of JUDGED
+    expected: bool  # the model's verdict on what is judged (the whole, or one end's policies)
+    passed: bool  # the datapath's: delivered (path, ingress), sent on to the other node (egress)
 
     @property
     def agree(self) -> bool:
-        return self.model.allowed == self.delivered
+        return self.expected == self.passed
+
+    @property
+    def delivered(self) -> bool | None:
+        """Delivered to the destination pod's port; None when its node was out of reach."""
+        return None if self.judged == "egress" else self.passed
 
     def as_dict(self, cluster: Cluster, with_trace: bool) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -575,7 +655,14 @@ class Explanation:
             "protocol": self.protocol,
             "port": self.port,
             "model": self.model.as_dict(),
-            "datapath": {"delivered": self.delivered, "verdict": self.trace.verdict.text},
+            "judged": self.judged,
+            "expected": self.expected,
+            "datapath": {
+                "delivered": self.delivered,
+                "passed": self.passed,
+                "node": self.trace.hops[-1].node.label,
+                "verdict": self.trace.verdict.text,
+            },
             "agree": self.agree,
         }
         if with_trace:
@@ -610,11 +697,17 @@ def explain(
 ) -> None:
     """What the NetworkPolicy model says of a connection beside what the datapath does.
 
-    Exits 1 when they disagree (with --all: when any pair does)."""
+    In a lab, or on a node given the cluster's objects (--manifests DIR or --kubeconfig FILE).
+    On a node, a pair with one end elsewhere is judged on this node's part: its egress when the
+    source is here, its ingress when the destination is. Exits 1 when the model and the datapath
+    disagree (with --all: when any pair does)."""
     where = _where(kwargs)
     cluster = where.cluster()
-    if not cluster.lab:
-        raise InspectError("explain needs the cluster's objects: run it against a lab (--lab)")
+    if not cluster.has_objects:
+        raise InspectError(
+            "explain needs the cluster's objects: --manifests DIR or --kubeconfig FILE on a "
+            "node, or a lab (--lab NAME)"
+        )
     if every:
         cases = _all_cases(cluster, ports, protocols)
     else:
@@ -643,6 +736,7 @@ Case = tuple[str, str, str, int]  # (source pod, destination pod or IP, protocol
 
 
 def _all_cases(cluster: Cluster, ports: str | None, protocols: str | None) -> list[Case]:
+    """Every ordered pair of running pods with at least one end on an inspectable node."""
     from lab.pods import declared_ports
 
     running = [p for p in cluster.pods if (p.get("status") or {}).get("podIP")]
@@ -650,6 +744,7 @@ def _all_cases(cluster: Cluster, ports: str | None, protocols: str | None) -> li
         id(p): f"{p['metadata'].get('namespace', 'default')}/{p['metadata']['name']}"
         for p in running
     }
+    here = {id(p) for p in running if cluster.lab or cluster.local_node_of(refs[id(p)])}
     wanted_ports = [int(p) for p in ports.split(",")] if ports else None
     wanted_protocols = [p.upper() for p in protocols.split(",")] if protocols else None
     cases: list[Case] = []
@@ -665,6 +760,8 @@ def _all_cases(cluster: Cluster, ports: str | None, protocols: str | None) -> li
         for src in running:
             if src is dst:
                 continue  # a pod reaches itself through its loopback, never the bridge
+            if id(src) not in here and id(dst) not in here:
+                continue  # neither end on a node this command can look at
             cases.extend((refs[id(src)], refs[id(dst)], proto, p) for p, proto in targets)
     return sorted(cases)
 
@@ -676,12 +773,51 @@ def explain_cases(cluster: Cluster, cases: Sequence[Case], workers: int = 8) -> 
 
     def one(case: Case) -> Explanation:
         src, dst, protocol, port = case
-        model = intent.intent(world, _endpoint(src), _endpoint(dst), protocol, port)
-        result = trace_pair(cluster, cluster.pod_node(src), src, dst, protocol, port)
-        return Explanation(src, dst, protocol, port, model, result, result.reached(cluster))
+        ends = (_endpoint(src), _endpoint(dst), protocol, port)
+        model = intent.intent(world, *ends)
+        start = cluster.local_node_of(src)
+        if start is not None:
+            result = trace_pair(cluster, start, src, dst, protocol, port)
+            away = _node_out_of_reach(cluster, dst, result.dst_ip)
+            if away is None:
+                return Explanation(
+                    *case, model, result, "path", model.allowed, result.reached(cluster)
+                )
+            egress = intent.side_allows(world, Direction.EGRESS, *ends)
+            return Explanation(
+                *case, model, result, "egress", egress, _sent_to(cluster, result, away)
+            )
+        end = cluster.local_node_of(dst) if "/" in dst else None
+        if end is None:
+            here = ", ".join(n.label for n in cluster.nodes)
+            raise InspectError(f"neither {src} nor {dst} runs on {here}: run explain on their node")
+        result = trace_arriving(cluster, end, src, dst, protocol, port)
+        ingress = intent.side_allows(world, Direction.INGRESS, *ends)
+        return Explanation(*case, model, result, "ingress", ingress, result.reached(cluster))
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, cases))
+
+
+def _node_out_of_reach(cluster: Cluster, dst: str, dst_ip: str) -> Node | None:
+    """The peer node the destination is on, when it is one this command cannot look at."""
+    if not cluster.peers:
+        return None
+    if "/" in dst:
+        node_name = ((cluster.pod_object(dst) or {}).get("spec") or {}).get("nodeName")
+        peer = next((p for p in cluster.peers if p.name == node_name), None)
+        if peer is not None:
+            return peer
+    found = cluster.peer_of_address(dst_ip)
+    return found if found in cluster.peers else None
+
+
+def _sent_to(cluster: Cluster, result: Trace, peer: Node) -> bool:
+    """The packet left for `peer`: through the tunnel to its address, or (routed) the gateway."""
+    verdict = result.verdict
+    if cluster.state(result.hops[-1].node).tunnel:
+        return verdict.kind == "tunnelled" and verdict.tunnel_dst in (peer.address, None, "")
+    return verdict.kind == "gateway"
 
 
 def _endpoint(ref: str) -> Endpoint:
@@ -694,21 +830,45 @@ def _print_explanation(e: Explanation) -> None:
     click.echo(f"{e.src} -> {e.dst} {e.protocol}/{e.port}")
     click.echo(f"  model:    {'allowed' if e.model.allowed else 'denied'} ({e.model.reason()})")
     where = e.trace.hops[-1].node.label
-    state = "delivered" if e.delivered else "not delivered"
-    click.echo(f"  datapath: {state} on {where}: {e.trace.verdict.text}")
+    if e.judged == "egress":
+        state = "sent on" if e.passed else "not sent on"
+        click.echo(f"  datapath: {state} from {where}: {e.trace.verdict.text}")
+        click.echo(
+            f"  judged:   egress only, on {where} (the destination's node is out of reach); "
+            f"the model's egress side: {'allowed' if e.expected else 'denied'}"
+        )
+    else:
+        state = "delivered" if e.passed else "not delivered"
+        click.echo(f"  datapath: {state} on {where}: {e.trace.verdict.text}")
+        if e.judged == "ingress":
+            click.echo(
+                f"  judged:   ingress only, on {where}, the packet as it arrives from "
+                f"{e.src}'s node; the model's ingress side: "
+                f"{'allowed' if e.expected else 'denied'}"
+            )
     click.echo(f"  {'agree' if e.agree else 'MISMATCH'}")
 
 
 def _print_all(results: Sequence[Explanation], mismatches: Sequence[Explanation]) -> None:
-    rows = [["FROM", "TO", "PORT", "MODEL", "DATAPATH", ""]]
+    partial = any(e.judged != "path" for e in results)
+    head = ["FROM", "TO", "PORT", "MODEL", *(["JUDGED"] if partial else []), "DATAPATH", ""]
+    rows = [head]
     for e in results:
+        model = "allowed" if e.model.allowed else "denied"
+        if e.judged != "path":
+            model += f" ({e.judged} {'allowed' if e.expected else 'denied'})"
+        if e.judged == "egress":
+            datapath = "sent on" if e.passed else "dropped"
+        else:
+            datapath = "delivered" if e.passed else "dropped"
         rows.append(
             [
                 e.src,
                 e.dst,
                 f"{e.protocol}/{e.port}",
-                "allowed" if e.model.allowed else "denied",
-                "delivered" if e.delivered else "dropped",
+                model,
+                *([f"{e.judged} on {e.trace.hops[-1].node.label}"] if partial else []),
+                datapath,
                 "" if e.agree else "MISMATCH",
             ]
         )

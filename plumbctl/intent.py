@@ -214,3 +214,19 @@ def name_conjunctions(
         name for name, rule in rules.items() if name not in realised and rule_signature(rule)
     ]
     return named, sorted(missing)
+
+
+def side_allows(
+    world: World,
+    direction: Direction,
+    src: Endpoint,
+    dst: Endpoint,
+    protocol: str,
+    port: int | None,
+) -> bool:
+    """The model's verdict on one end alone: what the node of that end enforces (egress on the
+    source's node, ingress on the destination's), the other end's policies left out."""
+    policies = tuple(
+        dataclasses.replace(spec, types=spec.types & {direction}) for spec in world.policies
+    )
+    return verdict(World(policies, world.pods, world.namespaces), src, dst, protocol, port)

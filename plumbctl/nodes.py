@@ -3,13 +3,16 @@ OVSDB) and agent (/readyz, /metrics), and the cluster's objects.
 
 A node is found either in a lab (`--lab NAME --node nodeN`, through `lab.layout`) or on this
 machine (`--ovs-rundir`, `--bridge`, `--health`). The cluster's objects (pods, namespaces,
-NetworkPolicies, nodes) come from the lab's manifests directory; on a plain node, only what its
+NetworkPolicies, nodes) come from the lab's manifests directory; on a plain node, from
+`--manifests DIR` or `--kubeconfig FILE` when given (`plumbctl.objects`; the other nodes are then
+known by name, address and PodCIDR, but only this one's OVS is looked at), else only what its
 OVSDB says of its own pods is known. Everything pure lives in `flows.annotate`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import os
 import socket
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.nodes import peer_from_node
 from flows.annotate import Names
 from flows.fields import GATEWAY_OFPORT, TUNNEL_OFPORT
 from flows.node import node_object_id
@@ -26,6 +30,7 @@ from lab.layout import BRIDGE, HEALTH_PORT, LabLayout, LabSpecError, node_cidr
 from lab.objects import ManifestsDir
 from ovsdb import keys
 from ovsdb.client import OvsdbClient, PortInfo
+from plumbctl.objects import ClusterObjects
 
 DEFAULT_RUNDIR = Path("/var/run/openvswitch")
 DEFAULT_HEALTH = f"127.0.0.1:{HEALTH_PORT}"
@@ -202,6 +207,7 @@ class NodeState:
     pods: list[PodPort] = field(default_factory=list)
     gateway_mac: str = ""
     round: int | None = None
+    tunnel: bool = False  # the bridge has the tunnel port (else routed, or no peers)
 
     def pod(self, ref: str) -> PodPort | None:
         return next((p for p in self.pods if p.ref == ref), None)
@@ -220,6 +226,7 @@ def read_node_state(node: Node) -> NodeState:
         pod_ports(ports),
         gateway.mac_in_use if gateway else "",
         int(raw_round) if raw_round and raw_round.isdigit() else None,
+        any(p.ofport == TUNNEL_OFPORT for p in ports),
     )
 
 
@@ -228,21 +235,49 @@ def read_node_state(node: Node) -> NodeState:
 
 @dataclass
 class Cluster:
-    """The nodes to inspect and the objects known of the cluster (empty outside a lab)."""
+    """The nodes to inspect and the objects known of the cluster (in a lab, or on a node given
+    --manifests or --kubeconfig; else none). `peers` are the other nodes the objects name: known
+    by name, address and PodCIDR, their OVS out of reach."""
 
     nodes: list[Node]
     pods: list[Obj] = field(default_factory=list)
     namespaces: list[Obj] = field(default_factory=list)
     policies: list[Obj] = field(default_factory=list)
     lab: str = ""
+    peers: list[Node] = field(default_factory=list)
+    objects_from: str = ""  # where the objects came from: a lab, a directory, a kubeconfig
     _states: dict[str, NodeState] = field(default_factory=dict)
+
+    @property
+    def has_objects(self) -> bool:
+        return bool(self.lab or self.objects_from)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:
             if node.name == name:
                 return node
+        if any(peer.name == name for peer in self.peers):
+            here = ", ".join(n.label for n in self.nodes)
+            raise InspectError(
+                f"node {name!r} is not this one ({here}): run plumbctl on {name} to look at it"
+            )
         known = ", ".join(n.name for n in self.nodes) or "none"
         raise InspectError(f"no node {name!r} (known: {known})")
+
+    def local_node_of(self, ref: str) -> Node | None:
+        """The inspectable node a pod runs on; None when it runs on a peer (or nowhere known)."""
+        node_name = ((self.pod_object(ref) or {}).get("spec") or {}).get("nodeName")
+        if node_name:
+            return next((n for n in self.nodes if n.name == node_name), None)
+        return next((n for n in self.nodes if self.state(n).pod(ref) is not None), None)
+
+    def peer_of_address(self, ip: str) -> Node | None:
+        """The node, inspectable or not, whose PodCIDR holds `ip`."""
+        address = ipaddress.IPv4Address(ip)
+        for node in (*self.nodes, *self.peers):
+            if node.pod_cidr and address in ipaddress.IPv4Network(node.pod_cidr):
+                return node
+        return None
 
     def state(self, node: Node) -> NodeState:
         """The node's OVSDB view, read once per command."""
@@ -313,8 +348,8 @@ class Cluster:
             node=node.name,
             pods={p.ofport: p.ref for p in state.pods},
             pod_ips=pod_ips,
-            nodes={node_object_id(n.name): n.name for n in self.nodes if n.name},
-            node_addresses={n.address: n.name for n in self.nodes if n.address},
+            nodes={node_object_id(n.name): n.name for n in (*self.nodes, *self.peers) if n.name},
+            node_addresses={n.address: n.name for n in (*self.nodes, *self.peers) if n.address},
             isolated_ingress=ingress,
             isolated_egress=egress,
             rules=rules or {},
@@ -357,6 +392,72 @@ def lab_cluster(name: str) -> Cluster:
 def local_cluster(rundir: Path, bridge: str, health: str) -> Cluster:
     """This machine's node alone: what its OVSDB knows."""
     return Cluster([Node("", rundir, bridge, None, health)])
+
+
+def node_cluster(
+    rundir: Path,
+    bridge: str,
+    health: str,
+    objects: ClusterObjects,
+    node_name: str | None = None,
+) -> Cluster:
+    """This machine's node with the cluster's objects: the node is `node_name`, else the node
+    its bridge's pods run on (their objects' spec.nodeName), else the only Node object."""
+    local = Node("", rundir, bridge, None, health)
+    name = node_name or _local_node_name(local, objects)
+    peers = []
+    for obj in objects.nodes:
+        try:
+            peer = peer_from_node(obj)
+        except ValueError:
+            peer = None
+        meta_name = str((obj.get("metadata") or {}).get("name") or "")
+        node = Node(
+            meta_name,
+            Path(),
+            bridge,
+            None,
+            health,
+            peer.address if peer else "",
+            peer.pod_cidr if peer else "",
+        )
+        if meta_name == name:
+            local = dataclasses.replace(node, rundir=rundir)
+        else:
+            peers.append(node)
+    if not local.name:
+        names = ", ".join(str((n.get("metadata") or {}).get("name")) for n in objects.nodes)
+        raise InspectError(
+            f"no Node object named {name!r} in {objects.origin} (Nodes: {names or 'none'})"
+        )
+    return Cluster(
+        [local],
+        pods=objects.pods,
+        namespaces=objects.namespaces,
+        policies=objects.policies,
+        peers=peers,
+        objects_from=objects.origin,
+    )
+
+
+def _local_node_name(local: Node, objects: ClusterObjects) -> str:
+    on_bridge = {p.ref for p in read_node_state(local).pods}
+    named = {
+        str((pod.get("spec") or {}).get("nodeName"))
+        for pod in objects.pods
+        if _ref(pod) in on_bridge and (pod.get("spec") or {}).get("nodeName")
+    }
+    if len(named) == 1:
+        return named.pop()
+    if not named and len(objects.nodes) == 1:
+        return str(objects.nodes[0]["metadata"]["name"])
+    found = f"its pods name nodes {', '.join(sorted(named))}" if named else "it has no pods"
+    raise InspectError(f"which node is this? {found}: give --node NAME")
+
+
+def _ref(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
 def lab_exists(name: str) -> bool:
