@@ -27,6 +27,7 @@ from tests.lab.conftest import REPO, Lab, LabFactory
 
 pytestmark = pytest.mark.lab
 
+ENCAP: dict[str, str] = {}  # lab name -> its encapsulation
 PLURALS = {
     "Pod": "pods",
     "Node": "nodes",
@@ -35,9 +36,11 @@ PLURALS = {
 }
 
 
-@pytest.fixture(scope="module")
-def lab(module_lab: LabFactory) -> Lab:
-    lab = module_lab("--nodes", "2")
+@pytest.fixture(scope="module", params=["geneve", "none"])
+def lab(module_lab: LabFactory, request: pytest.FixtureRequest) -> Lab:
+    """Two nodes, tunnelled (geneve) or routed (none: the kernels route between nodes)."""
+    lab = module_lab("--nodes", "2", "--encap", request.param)
+    ENCAP[lab.name] = request.param
     lab.apply(PODS_YAML)
     lab.apply(POLICY_YAML)
     return lab
@@ -77,6 +80,13 @@ def explain_all(lab: Lab, node: str, *objects: str, check: bool = True) -> dict[
     args = on_node(lab, node, "explain", "--all", "--ports", "80,81", "-o", "json", objects=objects)
     data: dict[str, Any] = json.loads(run(*args, check=check).stdout)
     return data
+
+
+def sent_on(lab: Lab) -> str:
+    """The verdict of a packet node1 sends on to node2."""
+    if ENCAP[lab.name] == "none":
+        return "sent to the node's gateway"
+    return "tunnelled to node node2 (172.30.0.12)"
 
 
 def by_case(data: dict[str, Any]) -> dict[tuple[str, str, int], dict[str, Any]]:
@@ -124,7 +134,7 @@ def test_each_node_judges_its_part_and_together_they_match_the_whole_path(lab: L
     # db -> web 80: node1 sends it on (db's egress is open), node2 drops it (web's ingress).
     db_web = ("demo/db", "demo/web", 80)
     assert node1[db_web]["judged"] == "egress" and node1[db_web]["expected"] is True
-    assert node1[db_web]["datapath"]["verdict"] == "tunnelled to node node2 (172.30.0.12)"
+    assert node1[db_web]["datapath"]["verdict"] == sent_on(lab)
     assert node2[db_web]["judged"] == "ingress" and node2[db_web]["expected"] is False
     assert node2[db_web]["datapath"]["verdict"].startswith("dropped by IngressDefaultRule")
 
@@ -134,7 +144,7 @@ def test_one_pair_human_output_says_what_is_judged(lab: Lab) -> None:
     assert "datapath: not delivered on node2: dropped by IngressDefaultRule for demo/web" in out
     assert "judged:   ingress only, on node2" in out and out.rstrip().endswith("agree")
     out = run(*on_node(lab, "node1", "explain", "demo/client", "demo/web", "--port", "80")).stdout
-    assert "datapath: sent on from node1: tunnelled to node node2 (172.30.0.12)" in out
+    assert f"datapath: sent on from node1: {sent_on(lab)}" in out
     assert "judged:   egress only, on node1" in out
 
 
@@ -201,3 +211,31 @@ def test_a_flow_deleted_by_hand_is_a_mismatch_on_its_node_only(lab: Lab) -> None
     finally:
         subprocess.run([*ofctl, "add-flow", mgmt, drop["flow"]], check=True)
     assert explain_all(lab, "node2")["mismatches"] == 0
+
+
+DB_EGRESS_DENY = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-no-egress, namespace: demo}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  policyTypes: [Egress]
+"""
+
+
+def test_an_egress_policy_is_judged_on_the_source_node(lab: Lab) -> None:
+    lab.apply(DB_EGRESS_DENY)
+    try:
+        wait_policy_flows(lab)
+        node1 = by_case(explain_all(lab, "node1"))
+        assert node1[("demo/db", "demo/web", 80)]["judged"] == "egress"
+        assert node1[("demo/db", "demo/web", 80)]["expected"] is False
+        assert node1[("demo/db", "demo/web", 80)]["datapath"]["passed"] is False
+        assert node1[("demo/db", "demo/client", 80)]["datapath"]["delivered"] is False
+        assert not [c for c, r in node1.items() if not r["agree"]]
+        node2 = by_case(explain_all(lab, "node2"))
+        # Its ingress side alone: web takes db on neither port, whatever db's egress says.
+        assert node2[("demo/db", "demo/web", 80)]["expected"] is False
+        assert not [c for c, r in node2.items() if not r["agree"]]
+    finally:
+        lab.delete(DB_EGRESS_DENY)
