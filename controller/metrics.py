@@ -123,7 +123,8 @@ SYNCED = Gauge(
 )
 SOURCE_LAST_CHANGE = Gauge(
     f"{PREFIX}_source_last_change_timestamp_seconds",
-    "When the source last changed an object in the store (Unix time; 0: not since the start).",
+    "When the source last changed an object in the store (Unix time); absent until the first "
+    "change after the agent's start.",
     ["source"],
     registry=REGISTRY,
 )
