@@ -80,8 +80,10 @@ class AgentConfig:
     Absolute path of at most 107 bytes."""
 
     ipam_data_dir: str = "/var/lib/cni/networks"
-    """Where host-local (the IPAM the agent delegates to, with the node's PodCIDR injected)
-    keeps one file per allocated address. Absolute path; survives agent restarts."""
+    """Where pod addresses are reserved, one file per address in host-local's format: by the
+    agent's own allocator (a conflist without `ipam`), or by host-local when a conflist
+    delegates to it (the node's PodCIDR and this directory injected). Absolute path; must
+    survive agent restarts."""
 
     mtu: int = 0
     """MTU of pod interfaces. 0: derive it from the transport interface's MTU minus the tunnel

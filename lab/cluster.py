@@ -228,11 +228,12 @@ def node_object(spec: LabSpec, node: NodeLayout) -> dict[str, Any]:
 
 
 def write_cni_conflist(layout: LabLayout) -> Path:
-    """The network config every pod is added with (the agent injects range and dataDir)."""
+    """The network config every pod is added with: no ipam section, so the agent reserves
+    addresses itself from the node's PodCIDR (in host-local's format, under ipam_dir)."""
     conf = {
         "cniVersion": "1.0.0",
         "name": "plumb",
-        "plugins": [{"type": "plumb", "ipam": {"type": "host-local"}}],
+        "plugins": [{"type": "plumb"}],
     }
     path = layout.dir / "net.d" / "10-plumb.conflist"
     path.parent.mkdir(parents=True, exist_ok=True)

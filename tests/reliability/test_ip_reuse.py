@@ -3,8 +3,8 @@
 Found by `python -m bench soak`: pods on one node talk over L2 (their ARP is flooded, the
 pipeline forwards on eth_dst), so a client keeps the deleted pod's MAC for that IP until its
 neighbour entry goes stale and is re-probed (up to half a minute and more), and the new pod is
-unreachable meanwhile. host-local hands out an IP again once its range wraps; the test makes it
-do so at once by setting its last reservation. Fixed in the CNI room: the new pod sends a
+unreachable meanwhile. The allocator (the agent's, like host-local) hands out an IP again once its
+range wraps; the test makes it do so at once by setting its last reservation. Fixed in the CNI room: the new pod sends a
 gratuitous ARP once its port and flows are in (cni/garp.py)."""
 
 from __future__ import annotations
@@ -30,5 +30,5 @@ def test_a_client_reaches_a_new_pod_that_reuses_a_deleted_pods_ip_at_once() -> N
         (last,) = ranges.rglob("last_reserved_ip.0")
         last.write_text(str(ipaddress.IPv4Address(old_ip) - 1))
         w.apply([pod_object("new", "node1", {"app": "web"})])
-        assert w.pod("new").ip == old_ip, "host-local did not hand the IP out again"
+        assert w.pod("new").ip == old_ip, "the allocator did not hand the IP out again"
         assert Lane(client, w.pod("new"), "TCP", True).probe_once(1.0)[0]
