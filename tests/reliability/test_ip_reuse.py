@@ -3,9 +3,9 @@
 Found by `python -m bench soak`: pods on one node talk over L2 (their ARP is flooded, the
 pipeline forwards on eth_dst), so a client keeps the deleted pod's MAC for that IP until its
 neighbour entry goes stale and is re-probed (up to half a minute and more), and the new pod is
-unreachable meanwhile. The allocator (the agent's, like host-local) hands out an IP again once its
-range wraps; the test makes it do so at once by setting its last reservation. Fixed in the CNI room: the new pod sends a
-gratuitous ARP once its port and flows are in (cni/garp.py)."""
+unreachable meanwhile. The allocator (the agent's, like host-local) hands out an IP again once
+its range wraps; the test makes it do so at once by setting its last reservation. Fixed in the
+CNI room: the new pod sends a gratuitous ARP once its port and flows are in (cni/garp.py)."""
 
 from __future__ import annotations
 
