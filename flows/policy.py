@@ -165,9 +165,39 @@ class Rule:
 Cidr = tuple[int, int]  # (network address as int, prefix length), network bits only
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def parse_cidr(text: str) -> Cidr | None:
-    """An IPv4 address or CIDR as (network, prefix); None for IPv6 (the datapath is IPv4)."""
+    """An IPv4 address or CIDR as (network, prefix); None for IPv6 (the datapath is IPv4).
+
+    A plain dotted quad (a pod's address: every pod ever seen would stay in a cache) is parsed
+    directly; anything else goes through `ipaddress`, cached (ipBlocks, node addresses).
+    """
+    address = _dotted_quad(text)
+    if address is not None:
+        return address, 32
+    return _parse_network(text)
+
+
+def _dotted_quad(text: str) -> int | None:
+    """The address as an int if `text` is a canonical dotted quad (what `ipaddress` accepts:
+    four decimal parts of at most 3 digits, no leading zero, each <= 255), else None."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isdigit() and part.isascii()):
+            return None
+        if part[0] == "0" and len(part) > 1:
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        value = value << 8 | octet
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_network(text: str) -> Cidr | None:
     net = ipaddress.ip_network(text, strict=False)
     if net.version != 4:
         return None
@@ -225,9 +255,11 @@ ClauseKey = tuple[str, str, Any]
 Clause = tuple[int, int]  # (clause number, clause count)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=256)
 def _peer_keys(tbl: str, peers: Peers) -> frozenset[ClauseKey]:
-    """Cached: rules of many policies often allow the same peers (a shared selector)."""
+    """Cached: rules of many policies often allow the same peers (a shared selector), compiled
+    one after another. Small: a peer set may hold thousands of addresses, and every change of
+    its members makes a new one (old ones are no use once replaced)."""
     keys: set[ClauseKey] = set()
     for ip in peers.ips:
         cidr = parse_cidr(ip)
@@ -295,9 +327,8 @@ def rule_contributions(rule: Rule) -> dict[ClauseKey, Clause]:
     return {key: (i, n) for i, keys in enumerate(clauses, start=1) for key in keys}
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def clause_match(key: ClauseKey) -> Match:
-    """The OVS match of one clause key."""
+    """The OVS match of one clause key (`PolicyFlows` keeps those of its live keys)."""
     tbl, kind, value = key
     if kind == "target":
         return match(eth_type=ETH_TYPE_IP, reg1=value)
@@ -437,6 +468,9 @@ class PolicyFlows:
         self._isolated_by_policy: dict[str, set[ClauseKey]] = {}
         self._isolated_input: dict[str, Mapping[Direction, Iterable[LocalTarget]]] = {}
         self._owner_key: dict[str, ClauseKey] = {}
+        # The match of every live clause key, dropped with the key: a pod's keys (its address,
+        # its port) go when it goes, where a global cache would keep every pod ever seen.
+        self._matches: dict[ClauseKey, Match] = {}
         self._node_addresses: tuple[str, ...] = ()
         self._gateway: str | None = None
 
@@ -516,6 +550,7 @@ class PolicyFlows:
             return
         if not actions:
             del self._contexts[clause_key]
+            self._matches.pop(clause_key, None)
         self._touch(clause_key, changed)
 
     def _set_isolation(self, policy: str, keys: set[ClauseKey], changed: set[str]) -> None:
@@ -525,6 +560,7 @@ class PolicyFlows:
             holders.discard(policy)
             if not holders:
                 del self._isolation[key]
+                self._matches.pop(key, None)
                 self._touch(key, changed)
         for key in keys - old:
             holders = self._isolation.setdefault(key, set())
@@ -594,7 +630,7 @@ class PolicyFlows:
         if tbl in ("IngressDefaultRule", "EgressDefaultRule"):
             if key not in self._isolation:
                 return None
-            return table(tbl).flow(DROP_PRIORITY, clause_match(key), (), self._shared_cookie)
+            return table(tbl).flow(DROP_PRIORITY, self._match(key), (), self._shared_cookie)
         actions = self._contexts.get(key)
         if not actions:
             return None
@@ -604,9 +640,13 @@ class PolicyFlows:
                 f"at most {MAX_CONJUNCTIONS_PER_FLOW} conjunctions"
             )
         conjunctions = [_conjunction(c, i, n) for c, (i, n) in sorted(actions.items())]
-        return table(tbl).flow(
-            CLAUSE_PRIORITY, clause_match(key), conjunctions, self._shared_cookie
-        )
+        return table(tbl).flow(CLAUSE_PRIORITY, self._match(key), conjunctions, self._shared_cookie)
+
+    def _match(self, key: ClauseKey) -> Match:
+        found = self._matches.get(key)
+        if found is None:
+            found = self._matches[key] = clause_match(key)
+        return found
 
     def _rule_flows(self, conj_id: int) -> list[Flow]:
         key = self._by_conj.get(conj_id)

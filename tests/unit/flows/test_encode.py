@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
+from flows import encode
 from flows.encode import (
     ADD,
     DATAPATH,
@@ -60,3 +61,9 @@ def test_encoding_is_cached_on_the_flow():
     flow = sample_flows()[0]
     first = flow_mod(flow, ADD, 1)
     assert flow.wire and flow_mod(flow, ADD, 1) == first
+
+
+def test_the_instruction_cache_is_a_small_bound():
+    # Each pod's own instruction lists (its MAC, its port) pass through it: with the former
+    # bound (65,536) they made most of the agent's memory growth over pod churn.
+    assert encode.instruction_bytes.cache_info().maxsize == encode.INSTRUCTION_CACHE <= 4096

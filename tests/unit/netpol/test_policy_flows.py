@@ -27,6 +27,7 @@ from flows.policy import (
     Rule,
     RuleKey,
     block_cidrs,
+    parse_cidr,
     port_masks,
     rule_clauses,
 )
@@ -158,6 +159,54 @@ def test_isolation_drops_are_counted_across_policies():
     assert len(flows.owner_flows("policy/ofport/3")) == 1
     assert flows.remove_policy("x/two", 0.0) == {"policy/ofport/3"}
     assert flows.owner_flows("policy/ofport/3") == []
+
+
+def test_the_matches_of_a_pods_clause_keys_go_with_the_pod():
+    # Pod churn must not leave anything behind (the soak's memory curve): each pod's address
+    # (a peer and a source key) and port (a target and a drop key) come and go with it.
+    flows = PolicyFlows(1)
+    web = Rule(key(0), frozenset({A}), Peers(frozenset({"10.0.0.9"})))
+    egress = Rule(key(1, Direction.EGRESS), frozenset({A}), Peers(frozenset({"10.0.0.9"})))
+    flows.update_policy("x/p", [web, egress], {Direction.INGRESS: [A]}, 0.0)
+    flows.all_flows()
+    baseline = dict(flows._matches)
+    for i in range(1, 200):
+        pod = LocalTarget(100 + i, f"10.244.1.{i}")
+        peers = Peers(frozenset({"10.0.0.9", f"10.0.1.{i}"}))
+        rules = [
+            Rule(key(0), frozenset({A, pod}), peers),
+            Rule(egress.key, frozenset({A, pod}), peers),
+        ]
+        flows.update_policy("x/p", rules, {Direction.INGRESS: [A, pod]}, 0.0)
+        assert len(flows.all_flows()) > len(baseline)
+        flows.update_policy("x/p", [web, egress], {Direction.INGRESS: [A]}, 0.0)
+        flows.all_flows()
+    assert flows._matches == baseline
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.integers(0, 300).map(str),
+            st.sampled_from(["", "00", "01", "+1", " 1", "1 ", "0x1", "1_0", "\u0661", "a"]),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    st.sampled_from(["", "/8", "/32", "/33"]),
+)
+def test_parse_cidr_agrees_with_ipaddress(parts, suffix):
+    text = ".".join(parts) + suffix
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+        expected: object = (int(net.network_address), net.prefixlen) if net.version == 4 else None
+    except ValueError:
+        expected = ValueError
+    try:
+        got: object = parse_cidr(text)
+    except ValueError:
+        got = ValueError
+    assert got == expected, text
 
 
 # --- arithmetic ---------------------------------------------------------------------------------
