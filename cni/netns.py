@@ -275,19 +275,27 @@ def _link_msg(name: str, mac: str, mtu: int, extra: list[Any] | None = None) -> 
 def create_pair(pair: VethPair) -> None:
     """The veth pair, both ends UP: the container end created inside the netns with its final
     name, MAC and MTU (ADD-01). Raises AddRejected when CNI_IFNAME already exists in the
-    container (ADD-02) or the netns is unusable (ENV-05), CniError(102) on other failures."""
+    container (ADD-02) or the netns is unusable (ENV-05), CniError(102) on other failures.
+    On the userspace datapath, `prepare_host_end` must follow before traffic flows."""
     fd = open_netns(pair.netns)
     try:
         with _Rtnl() as rtnl:
             _add_pair(rtnl, pair, fd)
     finally:
         os.close(fd)
-    if pair.tx_checksum_off:
-        try:
-            _tx_checksum_off(pair.host_ifname)
-            _quiet_host_end(pair.host_ifname)
-        except OSError as exc:
-            raise _interface_error("failed to prepare the host end", exc) from exc
+
+
+def prepare_host_end(pair: VethPair) -> None:
+    """On the userspace datapath: the host end's TX checksum offload off, and the node's
+    kernel kept from answering or forwarding for the pod (calling thread's netns). Nothing
+    otherwise. Separate from `create_pair` so that it can run beside the OVS port's attach."""
+    if not pair.tx_checksum_off:
+        return
+    try:
+        _tx_checksum_off(pair.host_ifname)
+        _quiet_host_end(pair.host_ifname)
+    except OSError as exc:
+        raise _interface_error("failed to prepare the host end", exc) from exc
 
 
 def configure_container(

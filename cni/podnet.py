@@ -294,9 +294,9 @@ class PodNetwork:
         `AddRejected`, raised before anything changed.
 
         Independent steps overlap: IPAM runs while the veth pair is made; the OVS port is
-        added (with an ofport the agent picked) while the container end is configured and the
-        pod's flows are installed. Every step waits for its partners before an error is
-        raised, so a rollback always finds all that was done."""
+        added (with an ofport the agent picked) while the container end is configured, the
+        host end is prepared and the pod's flows are installed. Every step waits for its
+        partners before an error is raised, so a rollback always finds all that was done."""
         self._refuse_bad_add(req)
         pair = self._pair_for(req)
         ofport = self._ofports.take(self._pod_ofports)
@@ -320,6 +320,7 @@ class PodNetwork:
                 req.netns, req.ifname, addressing, pair.tx_checksum_off
             ),
             lambda: self._install_flows(iface),
+            lambda: netns.prepare_host_end(pair),
         )[0]
         if given != ofport:
             self._correct_ofport(iface, given)

@@ -81,6 +81,10 @@ def test_two_pods_ping_and_move_a_megabyte_of_tcp(node: Node) -> None:
         assert "tx-checksumming: off" in ns_run(netns, "ethtool", "-k", "eth0")
         host = result["interfaces"][0]["name"]
         assert "tx-checksumming: off" in ns_run(node.node_netns, "ethtool", "-k", host)
+        # The node's kernel must not answer or forward for the pod (only OVS speaks for it).
+        for key, value in (("arp_ignore", "8"), ("forwarding", "0")):
+            sysctl = f"/proc/sys/net/ipv4/conf/{host}/{key}"
+            assert ns_run(node.node_netns, "cat", sysctl).strip() == value
     ns_run(a_ns, sys.executable, "-c", PING, b_ip, "2")
     server = subprocess.Popen(
         ["ip", "netns", "exec", os.path.basename(b_ns), sys.executable, "-c", SERVER],
