@@ -23,8 +23,6 @@ import ovs.json
 _STRUCTURE = re.compile(r'["{}\[\]]')
 _STRING_END_OR_ESCAPE = re.compile(r'["\\]')
 _decode = json.JSONDecoder().decode
-# python-ovs's own parser class, kept before `install` replaces it (tests compare against it).
-PYTHON_OVS_PARSER: Any = ovs.json.Parser
 
 
 class MessageParser:
@@ -102,6 +100,26 @@ class MessageParser:
 
 def install() -> None:
     """Make python-ovs parse JSON-RPC with `MessageParser` unless its C parser is there.
-    Idempotent; affects every python-ovs connection in the process."""
-    if ovs.json.PARSER != ovs.json.PARSER_C:
-        ovs.json.Parser = MessageParser  # jsonrpc looks the class up at each message
+    Idempotent; affects every python-ovs connection in the process.
+
+    The swap happens where python-ovs makes its own for the C parser, in `Parser.__new__`:
+    the class stays in place (its methods name it), and `Parser()` returns ours."""
+    if ovs.json.PARSER == ovs.json.PARSER_C or getattr(ovs.json.Parser, _INSTALLED, False):
+        return
+    ovs.json.Parser.__new__ = staticmethod(_new_message_parser)
+    setattr(ovs.json.Parser, _INSTALLED, True)
+
+
+_INSTALLED = "_plumb_message_parser"
+
+
+def _new_message_parser(cls: type, *args: Any, **kwargs: Any) -> MessageParser:
+    del cls
+    return MessageParser(*args, **kwargs)
+
+
+def python_ovs_parser() -> Any:
+    """python-ovs's own pure-Python parser, even after `install` (tests compare with it)."""
+    parser = object.__new__(ovs.json.Parser)
+    parser.__init__()
+    return parser

@@ -7,10 +7,11 @@ import itertools
 import json
 from typing import Any
 
+import ovs.json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ovsdb.jsonparse import PYTHON_OVS_PARSER, MessageParser
+from ovsdb.jsonparse import MessageParser, install, python_ovs_parser
 
 # JSON values as OVSDB sends them: no floats (python-ovs and the standard library print
 # those differently), strings with quotes, backslashes, braces and non-ASCII but no NUL
@@ -25,7 +26,7 @@ _values = st.recursive(
 _messages = st.dictionaries(_texts.filter(bool), _values, min_size=1, max_size=4)
 
 
-def _parse_stream(parser_class: Any, stream: str, cuts: list[int]) -> list[Any]:
+def _parse_stream(new_parser: Any, stream: str, cuts: list[int]) -> list[Any]:
     """Feed `stream` in chunks cut at `cuts`, the way ovs.jsonrpc.Connection.recv does."""
     bounds = sorted({0, len(stream), *(c % (len(stream) + 1) for c in cuts)})
     chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
@@ -36,7 +37,7 @@ def _parse_stream(parser_class: Any, stream: str, cuts: list[int]) -> list[Any]:
         pending += chunk
         while pending:
             if parser is None:
-                parser = parser_class()
+                parser = new_parser()
             pending = pending[parser.feed(pending) :]
             if parser.is_done():
                 values.append(parser.finish())
@@ -56,7 +57,7 @@ def test_same_messages_as_python_ovs_whatever_the_chunks(
     stream = separator.join(json.dumps(m, ensure_ascii=False) for m in messages)
     ours = _parse_stream(MessageParser, stream, cuts)
     assert ours == messages
-    assert _parse_stream(PYTHON_OVS_PARSER, stream, cuts) == messages
+    assert _parse_stream(python_ovs_parser, stream, cuts) == messages
 
 
 def test_a_backslash_at_the_end_of_a_chunk_escapes_the_next_chunks_first_character() -> None:
@@ -87,3 +88,12 @@ def test_end_of_stream_inside_a_value_is_an_error_string() -> None:
     parser = MessageParser()
     parser.feed('{"a": [1, 2')
     assert parser.finish() == "unexpected end of input"
+
+
+def test_once_installed_python_ovs_makes_ours_and_still_works_as_before() -> None:
+    install()
+    install()
+    parser = ovs.json.Parser()
+    assert isinstance(parser, MessageParser)
+    assert ovs.json.from_string('{"a": [1, "b"]}') == {"a": [1, "b"]}
+    assert isinstance(python_ovs_parser(), ovs.json.Parser)
