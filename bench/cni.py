@@ -30,6 +30,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cni import executable
 from cni.ipam import NodeIpam
 from cni.netns import in_netns, open_netns
 from cni.podnet import PodNetConfig, PodNetwork
@@ -44,7 +45,6 @@ from lab.cniruntime import CniRuntime, NetworkList, RuntimeConf
 from lab.ovs_sandbox import OvsSandbox
 from ovsdb.client import OvsdbClient
 
-REPO = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = "/usr/lib/cni"
 PLUMB_CIDR = IPv4Network("10.252.0.0/22")  # only ever inside namespaces this run creates
 REF_CIDR = IPv4Network("10.252.8.0/22")
@@ -156,7 +156,7 @@ def in_thread_netns(netns: str, work: Callable[[], T]) -> T:
 def install(bin_dir: Path) -> None:
     """Installed copies, as a deployment would have them (CNI_PATH = bin_dir only)."""
     bin_dir.mkdir(parents=True)
-    shutil.copy2(REPO / "cni" / "plumb", bin_dir / "plumb")
+    shutil.copy2(executable.path(), bin_dir / "plumb")
     for name in ("bridge", "host-local", "loopback"):
         shutil.copy2(f"{REFERENCE_DIR}/{name}", bin_dir / name)
 

@@ -6,10 +6,10 @@ turned into a CNI error JSON.
 The server knows nothing of OVS, netlink or IPAM: the agent injects a `CniBackend` (the pod
 network, see `cni.podnet`) and a `ReadyGate` (a `threading.Event` will do).
 
-Wire format (shared with `cni/plumb`): the request body is either `application/x-plumb-cni`
-(NUL-terminated `NAME=value` CNI_* entries, one more NUL, then stdin verbatim; written by hand
-and sent through socat) or a form (one field per CNI_* variable plus `stdin`; sent by curl);
-the answer body is "<stdout line>\\n<stderr text>", HTTP 200 for exit 0 and 500 for exit 1.
+Wire format (shared with the executable, `cni/shim/plumb.c`): the request body is
+`application/x-plumb-cni`: NUL-terminated `NAME=value` CNI_* entries, one more NUL, then stdin
+verbatim, ended by the client's half-close; the answer body is "<stdout line>\\n<stderr text>",
+HTTP 200 for exit 0 and 500 for exit 1. Any other body is a CNI I/O error (5).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Final, Protocol
-from urllib.parse import parse_qsl
 
 from cni.netns import enter_netns
 from cni.protocol import (
@@ -279,7 +278,7 @@ RAW_CONTENT_TYPE: Final = "application/x-plumb-cni"
 
 
 def decode_raw(body: bytes) -> tuple[dict[str, str], bytes]:
-    """The socat client's body -> (CNI_* environment, stdin): `NAME=value` entries each ended
+    """The executable's body -> (CNI_* environment, stdin): `NAME=value` entries each ended
     by NUL (environment values cannot hold NUL), one more NUL, then stdin verbatim."""
     env_part, sep, stdin = body.partition(b"\0\0")
     if not sep:
@@ -292,33 +291,16 @@ def decode_raw(body: bytes) -> tuple[dict[str, str], bytes]:
     return env, stdin
 
 
-def decode_form(body: bytes) -> tuple[dict[str, str], bytes]:
-    """The executable's form body -> (CNI_* environment, stdin bytes), losslessly."""
-    fields = parse_qsl(
-        body.decode("ascii", "surrogateescape"),
-        keep_blank_values=True,
-        encoding="utf-8",
-        errors="surrogateescape",
-    )
-    env: dict[str, str] = {}
-    stdin = b""
-    for key, value in fields:
-        if key == "stdin":
-            stdin = value.encode("utf-8", "surrogateescape")
-        elif key.startswith("CNI_"):
-            env[key] = value
-    return env, stdin
-
-
 class _Handler(BaseHTTPRequestHandler):
     server: _UnixHTTPServer
     timeout = 30  # a client that stalls mid-request does not pin a thread forever
 
     def do_POST(self) -> None:
         try:
-            raw = self.headers.get_content_type() == RAW_CONTENT_TYPE
-            body = self._read_body()
-            env, stdin = decode_raw(body) if raw else decode_form(body)
+            content_type = self.headers.get_content_type()
+            if content_type != RAW_CONTENT_TYPE:
+                raise ValueError(f"content type {content_type}, not {RAW_CONTENT_TYPE}")
+            env, stdin = decode_raw(self._read_body())
         except (ValueError, OSError) as exc:
             err = CniError(ErrorCode.IO_FAILURE, "error reading the CNI request", str(exc))
             self._answer(Reply(1, _dumps(err.to_dict())))

@@ -24,14 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni import executable
 from cni.netns import in_netns
 from lab import host
 from lab.cniruntime import CniCallError, CniRuntime, NetworkList, RuntimeConf
 from lab.layout import LabLayout, NodeLayout
 from lab.objects import ManifestsDir, Obj, key, ref
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CNI_BIN_DIRS = (str(REPO_ROOT / "cni"), "/opt/cni/bin", "/usr/lib/cni")
+# The plumb executable (built on first use, cni.executable), then the reference plugins.
+CNI_BIN_DIRS = (str(executable.BUILD_DIR), "/opt/cni/bin", "/usr/lib/cni")
 PODSERVER = Path(__file__).resolve().parent / "podserver.py"
 IFNAME = "eth0"
 SERVER_READY_TIMEOUT = 10.0
@@ -134,6 +135,7 @@ class Kubelet:
 
     def runtime(self, node: NodeLayout) -> CniRuntime:
         env = {"PATH": os.environ.get("PATH", ""), "PLUMB_CNI_SOCKET": str(node.cni_socket)}
+        executable.path()  # built (or rebuilt) before a runtime looks for it in CNI_BIN_DIRS
         return CniRuntime(CNI_BIN_DIRS, str(self.layout.cni_cache_dir), base_env=env)
 
     def create_many(self, pods: Sequence[Obj], progress: Progress) -> list[str]:

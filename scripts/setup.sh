@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  openvswitch-switch iproute2 iperf3 ethtool curl socat procps kmod iputils-ping arping
-  containernetworking-plugins python3-venv python3-pip
+  openvswitch-switch iproute2 iperf3 ethtool curl procps kmod iputils-ping arping
+  containernetworking-plugins python3-venv python3-pip gcc libc6-dev
   podman runc containerd busybox-static
 )
 if ! dpkg -s "${APT_PACKAGES[@]}" >/dev/null 2>&1; then
@@ -24,3 +24,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The plumb CNI executable (C, static): build/cni/plumb.
+.venv/bin/python -m cni.executable >/dev/null

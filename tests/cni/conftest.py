@@ -1,6 +1,7 @@
 """A node for CNI tests: a private OVS (userspace datapath), a bridge, the node's IPAM with a temp
 dataDir, the pod network and the CNI server in-process on a temp socket; calls go through the
-REAL `cni/plumb` executable with the CNI environment and stdin, as a runtime makes them.
+REAL `plumb` executable (built from cni/shim/plumb.c) with the CNI environment and stdin, as
+a runtime makes them.
 
 The network config has no `ipam` section (the agent's own allocator) unless a test sets
 `node.ipam_conf`; the `any_ipam` fixture runs a test with the allocator and with host-local.
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from cni import executable
 from cni.ipam import NodeIpam
 from cni.netns import host_links_with_suffix, in_netns
 from cni.podnet import PodInterface, PodNetConfig, PodNetwork
@@ -35,7 +37,6 @@ from cni.server import CniDispatcher, CniServer
 from lab.cniruntime import CniRuntime, NetworkList, PluginAnswer, RuntimeConf, exec_plugin
 
 REPO = Path(__file__).resolve().parents[2]
-PLUMB = REPO / "cni" / "plumb"
 REFERENCE_DIR = "/usr/lib/cni"
 NETWORK = "plumbnet"
 
@@ -45,9 +46,9 @@ pytestmark = pytest.mark.ovs
 def _missing_prerequisites() -> str:
     if os.geteuid() != 0:
         return "needs root (network namespaces, veths, OVS)"
-    for tool in ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ip", "curl"):
+    for tool in ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ip", "cc"):
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
-            return f"{tool} not installed"
+            return f"{tool} not installed (scripts/setup.sh installs it)"
     if not os.path.exists(f"{REFERENCE_DIR}/host-local"):
         return "containernetworking-plugins (host-local) not installed"
     try:
@@ -180,7 +181,6 @@ class Node:
     dispatcher: CniDispatcher
     server: CniServer
     netns_names: list[str] = field(default_factory=list)
-    client: str = "socat"  # how cni/plumb reaches the agent: socat (its default) or curl
     ipam_conf: dict[str, Any] | None = None  # the network's `ipam` section; None: none at all
     _counter: int = 0
 
@@ -226,7 +226,6 @@ class Node:
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "PLUMB_CNI_SOCKET": self.server.socket_path,
-            "PLUMB_CNI_CLIENT": self.client,
             "CNI_COMMAND": command,
             "CNI_PATH": f"{self.workdir / 'bin'}:{REFERENCE_DIR}",
         }
@@ -241,7 +240,7 @@ class Node:
 
     def call(self, env: Mapping[str, str], conf: Mapping[str, Any] | bytes) -> PluginAnswer:
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-        return exec_plugin(str(PLUMB), env, stdin, timeout=60)
+        return exec_plugin(str(executable.path()), env, stdin, timeout=60)
 
     def add(
         self, container_id: str, netns: str, version: str = "1.0.0", **kw: str
@@ -317,7 +316,7 @@ def node(ovs: Any) -> Iterator[Node]:
     bridge = f"br{prefix}"
     workdir = Path(tempfile.mkdtemp(prefix=f"plumb-{prefix}-"))
     (workdir / "bin").mkdir()
-    os.symlink(PLUMB, workdir / "bin" / "plumb")
+    os.symlink(executable.path(), workdir / "bin" / "plumb")
     ovs.vsctl(
         "add-br",
         bridge,

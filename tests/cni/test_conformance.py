@@ -1,4 +1,4 @@
-"""CNI conformance of the whole plugin: the real `cni/plumb` executable called with a runtime's
+"""CNI conformance of the whole plugin: the real `plumb` executable called with a runtime's
 environment and stdin, the agent's server in-process, real namespaces, veths, IPAM and OVS.
 Each test names the checklist requirement it covers; those marked `any_ipam` run once with the
 agent's own allocator and once delegating to host-local."""
@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from cni import netns
+from cni import executable, netns
 from cni.protocol import Attachment, CniError
 from lab.cniruntime import CniCallError, PluginAnswer, exec_plugin
-from tests.cni.conftest import NETWORK, PLUMB, FlowFault, Node
+from tests.cni.conftest import NETWORK, FlowFault, Node
 
 pytestmark = pytest.mark.ovs
 
@@ -268,7 +268,7 @@ def test_VER_01_02_version_with_garbage_and_podman_dummies(node: Node) -> None:
         "CNI_PATH": "dummy",
         "PLUMB_CNI_SOCKET": "/nonexistent/agent.sock",  # VERSION never asks the agent
     }
-    answer = exec_plugin(str(PLUMB), env, b"\x00garbage{")
+    answer = exec_plugin(str(executable.path()), env, b"\x00garbage{")
     assert answer.exit_code == 0
     reply = json.loads(answer.stdout)
     assert reply == {

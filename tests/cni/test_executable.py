@@ -1,5 +1,5 @@
-"""The `cni/plumb` executable itself, over both of its clients (socat and curl): verbatim
-transport of environment and stdin, quiet success, errors as JSON, an absent or confused agent."""
+"""The `plumb` executable itself (cni/shim/plumb.c, built by cni.executable): verbatim transport
+of environment and stdin, quiet success, errors as JSON, an absent, hanging or confused agent."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Mapping
@@ -15,20 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from cni import executable
 from cni.protocol import Attachment
 from cni.server import Reply
 from lab.cniruntime import PluginAnswer
 from tests.cni.conftest import Node
 
 pytestmark = pytest.mark.ovs
-
-CLIENTS = ["socat", "curl"]
-
-
-@pytest.fixture(params=CLIENTS)
-def client_node(node: Node, request: pytest.FixtureRequest) -> Node:
-    node.client = request.param
-    return node
 
 
 def error_code(answer: PluginAnswer) -> int:
@@ -37,8 +31,7 @@ def error_code(answer: PluginAnswer) -> int:
     return code
 
 
-def test_add_del_round_trip(client_node: Node) -> None:
-    node = client_node
+def test_add_del_round_trip(node: Node) -> None:
     netns = node.make_netns()
     cid = node.next_id("c")
     result = node.add(cid, netns)
@@ -48,9 +41,8 @@ def test_add_del_round_trip(client_node: Node) -> None:
     assert node.leftovers() == Node.NOTHING_LEFT
 
 
-def test_stdin_and_environment_arrive_verbatim(client_node: Node) -> None:
+def test_stdin_and_environment_arrive_verbatim(node: Node) -> None:
     """Odd bytes in CNI_ARGS and a large stdin (a prevResult of ~200 KiB) travel unchanged."""
-    node = client_node
     seen: list[tuple[dict[str, str], bytes]] = []
     original = node.dispatcher.handle
 
@@ -67,15 +59,14 @@ def test_stdin_and_environment_arrive_verbatim(client_node: Node) -> None:
     started = time.monotonic()
     answer = node.call(env, stdin)
     assert answer.exit_code == 0, answer
-    assert time.monotonic() - started < 1.0  # no "Expect: 100-continue" stall
+    assert time.monotonic() - started < 1.0
     got_env, got_stdin = seen[-1]
     assert got_stdin == stdin
     assert got_env["CNI_ARGS"] == env["CNI_ARGS"]
     assert {k for k in got_env} == {k for k in env if k.startswith("CNI_")}
 
 
-def test_unset_and_empty_variables_stay_apart(client_node: Node) -> None:
-    node = client_node
+def test_unset_and_empty_variables_stay_apart(node: Node) -> None:
     seen: list[dict[str, str]] = []
     original = node.dispatcher.handle
 
@@ -90,14 +81,12 @@ def test_unset_and_empty_variables_stay_apart(client_node: Node) -> None:
     assert seen[-1]["CNI_NETNS"] == "" and "CNI_NETNS_OVERRIDE" not in seen[-1]
 
 
-def test_errors_are_json_on_stdout_with_exit_1(client_node: Node) -> None:
-    node = client_node
+def test_errors_are_json_on_stdout_with_exit_1(node: Node) -> None:
     answer = node.call(node.env("ADD", node.next_id("c"), node.make_netns()), b"{broken")
     assert error_code(answer) == 6
 
 
-def test_agent_down_is_11_and_status_50(client_node: Node) -> None:
-    node = client_node
+def test_agent_down_is_11_and_status_50(node: Node) -> None:
     missing = str(node.workdir / "nobody.sock")
     env = node.env("ADD", node.next_id("c"), node.make_netns(), PLUMB_CNI_SOCKET=missing)
     assert error_code(node.call(env, node.conf())) == 11
@@ -105,8 +94,7 @@ def test_agent_down_is_11_and_status_50(client_node: Node) -> None:
     assert error_code(node.call(env, node.conf("1.1.0"))) == 50
 
 
-def test_agent_that_hangs_is_11_after_the_timeout(client_node: Node) -> None:
-    node = client_node
+def test_agent_that_hangs_is_11_after_the_timeout(node: Node) -> None:
     path = str(node.workdir / "hang.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -120,8 +108,7 @@ def test_agent_that_hangs_is_11_after_the_timeout(client_node: Node) -> None:
         listener.close()
 
 
-def test_answer_that_is_not_cni_becomes_999(client_node: Node) -> None:
-    node = client_node
+def test_answer_that_is_not_cni_becomes_999(node: Node) -> None:
     path = str(node.workdir / "bogus.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -130,7 +117,7 @@ def test_answer_that_is_not_cni_becomes_999(client_node: Node) -> None:
     def answer_once() -> None:
         conn, _ = listener.accept()
         with conn:
-            # Read the whole request (to EOF, or until curl waits for us), as a server would.
+            # Read the whole request (to EOF), as a server would.
             conn.settimeout(0.3)
             with contextlib.suppress(OSError):
                 while conn.recv(65536):
@@ -147,18 +134,59 @@ def test_answer_that_is_not_cni_becomes_999(client_node: Node) -> None:
         listener.close()
 
 
-def test_version_needs_no_agent_and_no_stdin(client_node: Node) -> None:
-    node = client_node
+def test_version_needs_no_agent_and_no_stdin(node: Node) -> None:
     env = node.env("VERSION", PLUMB_CNI_SOCKET="/nonexistent")
     answer = node.call(env, b"")
     assert answer.exit_code == 0
     assert json.loads(answer.stdout)["supportedVersions"][-1] == "1.1.0"
 
 
-def test_the_script_is_posix_sh() -> None:
-    script = Path(__file__).resolve().parents[2] / "cni" / "plumb"
-    assert script.read_text().startswith("#!/bin/sh\n")
-    assert script.stat().st_mode & 0o111
+def test_the_executable_is_static_and_built_from_the_current_source() -> None:
+    """It must run on a node without Python, a shell or any shared library (kind's, say)."""
+    built = executable.path()
+    assert built.stat().st_mode & 0o111
+    assert built.stat().st_mtime >= executable.SOURCE.stat().st_mtime
+    ldd = subprocess.run(["ldd", str(built)], capture_output=True, text=True, check=False)
+    assert "not a dynamic executable" in ldd.stdout + ldd.stderr
+
+
+def test_a_stale_build_is_rebuilt(tmp_path: Path) -> None:
+    first = executable.path(tmp_path)
+    os.utime(first, (0, 0))  # older than the source
+    again = executable.path(tmp_path)
+    assert again == first and again.stat().st_mtime >= executable.SOURCE.stat().st_mtime
+
+
+def test_no_stdin_at_all_is_still_an_answer(node: Node) -> None:
+    """A runtime that closes the plugin's stdin: the agent judges an empty configuration."""
+    env = node.env("ADD", node.next_id("c"), node.make_netns())
+    done = subprocess.run(
+        [str(executable.path())], env=env, stdin=subprocess.DEVNULL, capture_output=True
+    )
+    assert done.returncode == 1 and json.loads(done.stdout)["code"] == 6
+
+
+def test_stdin_that_never_ends_is_11_after_the_timeout(node: Node) -> None:
+    env = node.env("DEL", node.next_id("c"), "", PLUMB_CNI_TIMEOUT="1")
+    read_end, write_end = os.pipe()
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [str(executable.path())], env=env, stdin=read_end, capture_output=True, timeout=10
+        )
+        assert time.monotonic() - started < 5
+        assert done.returncode == 1 and json.loads(done.stdout)["code"] == 11
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_socket_path_with_quotes_and_odd_bytes_stays_valid_json(node: Node) -> None:
+    env = node.env("ADD", node.next_id("c"), node.make_netns())
+    env["PLUMB_CNI_SOCKET"] = str(node.workdir / 'no"such\\socket\x01é')
+    answer = node.call(env, node.conf())
+    error = json.loads(answer.stdout)
+    assert answer.exit_code == 1 and error["code"] == 11 and 'no"such' in error["details"]
 
 
 def test_cnitool_cli_add_check_del(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,11 +26,11 @@ from typing import Any
 
 import pytest
 
+from cni import executable
 from controller.agent import Agent
 from tests.kube.test_agent import world  # noqa: F401  (the fixture: fake API server + OVS)
 
 REPO = Path(__file__).resolve().parents[2]
-PLUMB = REPO / "cni" / "plumb"
 REFERENCE_DIR = Path("/usr/lib/cni")
 BUSYBOX = Path("/bin/busybox")
 APPLETS = (
@@ -104,9 +104,7 @@ def _is_dynamic(path: Path) -> bool:
 
 @pytest.fixture(autouse=True)
 def _base_prerequisites() -> None:
-    require(
-        "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ip", "socat", "unshare", "nsenter", "runc"
-    )
+    require("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ip", "unshare", "nsenter", "runc")
 
 
 @dataclass
@@ -167,13 +165,14 @@ class RuntimeNode:
 
 
 def install_plugin(bin_dir: Path, libexec: Path, socket: str) -> None:
-    """`bin_dir/plumb`: a wrapper that sets PLUMB_CNI_SOCKET, then runs a copy of cni/plumb.
+    """`bin_dir/plumb`: a wrapper that sets PLUMB_CNI_SOCKET, then runs a copy of the plumb
+    executable (cni.executable).
     podman's DEL after a container exits comes from `podman container cleanup`, started by
     conmon with a filtered environment: the socket path cannot come from the runtime's env.
     Both files are written to a temporary name and renamed (CHN-07)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     libexec.mkdir(parents=True, exist_ok=True)
-    _install(libexec / "plumb", PLUMB.read_bytes())
+    _install(libexec / "plumb", executable.path().read_bytes())
     wrapper = (
         "#!/bin/sh\n"
         "# plumb for the runtime tier: the agent under test listens on its own socket.\n"
