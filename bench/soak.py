@@ -8,6 +8,11 @@ and a `db` pod must not be, from the moment its creation returns. Figures: each 
 (bridge ports, links, IPAM reservations, pod flows, all flows); failed probes on one node and
 across nodes, and denied probes that connected. The last line is one JSON object.
 
+`--builders` runs no lab (and needs no root): the same churn in this process, through the real
+policy reconciler (store, model, policy flows), each local pod's flows and the OpenFlow encoder,
+with `tracemalloc` counting the bytes still held after a warm-up and after N more pods, and the
+flow builders' cache sizes: what pod churn leaves in them, without the rest of the agent.
+
 Cross-node probes do fail now and then during churn, on the userspace datapath only: each link
 added to or removed from a node's namespace (every pod's veth) makes ovs-vswitchd rebuild its
 route table and tunnel-termination map, and for a moment Geneve arriving at the node is handed
@@ -17,15 +22,21 @@ to its kernel instead of being decapsulated (docs/reliability.md has the capture
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+import tracemalloc
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from bench.reliability import (
+    NAMESPACE,
+    PODS,
+    POLICIES,
     Lane,
     Traffic,
     World,
@@ -36,6 +47,14 @@ from bench.reliability import (
     say,
     world,
 )
+from controller.policies import LocalPod, PolicyReconciler
+from controller.store import Store
+from controller.switch import Switch
+from flows import encode
+from flows import policy as policy_flows
+from flows.diff import FlowDiff
+from flows.flow import Flow
+from flows.pod import LocalNode, PodPort, pod_flows
 
 Progress = Callable[[str], None]
 BATCH = 10
@@ -166,6 +185,116 @@ def soak(
     }
 
 
+# --- in process: what pod churn leaves in the flow builders --------------------------------------
+
+
+class _EncodingSwitch:
+    """`Switch.replace_many` as far as this process goes: every flow encoded, nothing sent."""
+
+    def replace_many(self, changes: dict[str, Iterable[Flow]]) -> FlowDiff:
+        for flows in changes.values():
+            for flow in flows:
+                encode.flow_mod(flow, encode.ADD, 1)
+        return FlowDiff()
+
+
+def builder_caches() -> dict[str, int]:
+    """Entries in the flow builders' caches now."""
+    return {
+        "instruction_bytes": encode.instruction_bytes.cache_info().currsize,
+        "_peer_keys": policy_flows._peer_keys.cache_info().currsize,
+        "_parse_network": policy_flows._parse_network.cache_info().currsize,
+        "_conjunction": policy_flows._conjunction.cache_info().currsize,
+        "block_cidrs": policy_flows.block_cidrs.cache_info().currsize,
+    }
+
+
+def builders(warm: int, cycles: int) -> dict[str, Any]:
+    """node1's agent in the soak, in process: the world's pods and policies, then batches of
+    10 pods (alternating nodes, labels in turn, addresses reused as host-local does, a new port
+    and MAC each) created and deleted; bytes held after `warm` pods and after `cycles` more."""
+    rnd = random.Random(1)
+    store = Store()
+    store.upsert("Namespace", {"metadata": {"name": NAMESPACE}})
+    store.upsert("Node", {"metadata": {"name": "node1"}, "spec": {"podCIDR": "10.244.1.0/24"}})
+    for obj in POLICIES:
+        store.upsert("NetworkPolicy", obj)
+    local: dict[str, LocalPod] = {}
+    held: dict[str, list[Flow]] = {}  # what the switch keeps of each local pod's flows
+    reconciler = PolicyReconciler(
+        store, cast(Switch, _EncodingSwitch()), 1, "node1", lambda: list(local.values())
+    )
+    reconciler.start()
+    node = LocalNode("10.244.1.0/24", "10.244.1.1", "0a:58:0a:f4:01:01")
+    ofports = iter(range(10, 1 << 30))
+    hosts = {"node1": 0, "node2": 0}
+
+    def add(name: str, where: str, labels: dict[str, str], ip: str) -> None:
+        store.upsert(
+            "Pod",
+            {
+                "metadata": {"namespace": NAMESPACE, "name": name, "labels": dict(labels)},
+                "spec": {"nodeName": where, "containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "podIP": ip},
+            },
+        )
+        if where == "node1":
+            mac = "0a:58:" + ":".join(f"{rnd.randrange(256):02x}" for _ in range(4))
+            port = PodPort(next(ofports), ip, mac)
+            held[name] = pod_flows(port, node, 1)
+            for flow in held[name]:
+                encode.flow_mod(flow, encode.ADD, 1)
+            local[name] = LocalPod(NAMESPACE, name, port.ofport, ip)
+            reconciler.local_pod_changed(None, True)
+
+    def remove(name: str) -> None:
+        store.delete("Pod", NAMESPACE, name)
+        if local.pop(name, None) is not None:
+            del held[name]
+            reconciler.local_pod_changed(None, False)
+
+    def batch(number: int) -> None:
+        where = f"node{1 + number % 2}"
+        names = []
+        for i in range(BATCH):
+            subnet = 1 if where == "node1" else 2
+            ip = f"10.244.{subnet}.{2 + hosts[where] % 190}"
+            hosts[where] += 1
+            names.append(f"soak-{number}-{i}")
+            add(names[-1], where, ROLES[i % len(ROLES)], ip)
+        reconciler.wait_idle(10)
+        for name in names:
+            remove(name)
+        reconciler.wait_idle(10)
+
+    for i, (name, where, labels) in enumerate(PODS):
+        add(name, where, labels, f"10.244.{1 if where == 'node1' else 2}.{200 + i}")
+    tracemalloc.start()
+    try:
+        for number in range(max(1, warm // BATCH)):
+            batch(number)
+        gc.collect()
+        before, caches_before = tracemalloc.get_traced_memory()[0], builder_caches()
+        more = max(1, cycles // BATCH)
+        for number in range(warm // BATCH, warm // BATCH + more):
+            batch(number)
+        gc.collect()
+        after, caches_after = tracemalloc.get_traced_memory()[0], builder_caches()
+    finally:
+        tracemalloc.stop()
+        reconciler.stop()
+    return {
+        "scenario": "soak-builders",
+        "warm_pods": max(1, warm // BATCH) * BATCH,
+        "pods": more * BATCH,
+        "held_kib_after_warm": round(before / 1024, 1),
+        "held_kib_after": round(after / 1024, 1),
+        "bytes_per_pod": round((after - before) / (more * BATCH)),
+        "caches_after_warm": caches_before,
+        "caches_after": caches_after,
+    }
+
+
 def _failed(lanes: Sequence[Lane], cross_node: bool) -> int:
     return sum(x.failures() for x in lanes if x.allowed and x.cross_node == cross_node)
 
@@ -181,7 +310,20 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__)
     parser.add_argument("--cycles", type=int, default=1000, help="Pods created and deleted.")
     parser.add_argument("--duration", type=float, default=600.0, help="Seconds to spread them.")
+    parser.add_argument(
+        "--builders",
+        action="store_true",
+        help="No lab: the churn in process, bytes held by the flow builders after --warm pods "
+        "and after --cycles more.",
+    )
+    parser.add_argument("--warm", type=int, default=1000, help="Pods before counting (--builders).")
     args = parser.parse_args(list(argv))
+    if args.builders:
+        result = builders(args.warm, args.cycles)
+        for key, value in result.items():
+            print(f"{key:<22} {value}")
+        print(json.dumps(result), flush=True)
+        return 0
     if os.geteuid() != 0:
         print("bench soak needs root (namespaces, OVS)", flush=True)
         return 2

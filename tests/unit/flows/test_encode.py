@@ -66,4 +66,4 @@ def test_encoding_is_cached_on_the_flow():
 def test_the_instruction_cache_is_a_small_bound():
     # Each pod's own instruction lists (its MAC, its port) pass through it: with the former
     # bound (65,536) they made most of the agent's memory growth over pod churn.
-    assert encode.instruction_bytes.cache_info().maxsize == encode.INSTRUCTION_CACHE <= 4096
+    assert encode.instruction_bytes.cache_info().maxsize == encode.INSTRUCTION_CACHE <= 1024
