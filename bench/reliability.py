@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cni import executable
 from cni.netns import enter_netns
 from flows.cookie import Cookie
 from lab import apply as lab_apply
@@ -977,7 +978,6 @@ def security(progress: Progress = _quiet) -> dict[str, Any]:
 
 # --- scenario: the CNI executable fuzzed ------------------------------------------------------
 
-PLUMB = Path(__file__).resolve().parents[1] / "cni" / "plumb"
 CNI_PATH = ":".join(pods.CNI_BIN_DIRS)
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
@@ -1023,7 +1023,7 @@ def call_plumb(case: CniCase, socket_path: Path, timeout: float = 60.0) -> CniAn
     """Run the real executable as a runtime would: the environment is its whole environment."""
     started = time.monotonic()
     done = subprocess.run(
-        [str(PLUMB)],
+        [str(executable.path())],
         input=case.stdin,
         env=case.environ(socket_path),
         capture_output=True,
@@ -1098,7 +1098,8 @@ def fuzz_cases(netns_paths: Sequence[str], hostile_paths: Sequence[str]) -> Any:
             "CNI_IFNAME": field(st.sampled_from([b"eth0", b"net1"]), env_garbage),
             "CNI_ARGS": field(args, env_garbage),
             "CNI_PATH": field(st.just(CNI_PATH.encode()), env_garbage),
-            "PLUMB_CNI_CLIENT": st.sampled_from([None, b"curl"]),
+            # The executable's own variable: garbage must fall back to the default timeout.
+            "PLUMB_CNI_TIMEOUT": st.sampled_from([None, b"", b"soon", b"0", b"-5", b"1e9"]),
         }
     )
     return st.builds(CniCase, env, _stdin_strategy(st))
