@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from cni import executable
 from controller.agent import Agent
 from flows.cookie import Category, Cookie
 from flows.pipeline import TABLES
@@ -21,7 +22,6 @@ from tests.kube.test_agent import world  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.ovs
 
-REPO = Path(__file__).resolve().parents[2]
 CONFLIST = {
     "cniVersion": "1.0.0",
     "name": "plumb",
@@ -35,7 +35,7 @@ class Pods:
     def __init__(self, config: Any, tmp: Path) -> None:
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PLUMB_CNI_SOCKET": config.cni_socket}
         self.runtime = CniRuntime(
-            [str(REPO / "cni"), "/usr/lib/cni"], str(tmp / "cache"), base_env=env
+            [str(executable.bin_dir()), "/usr/lib/cni"], str(tmp / "cache"), base_env=env
         )
         self.net = NetworkList.from_dict(CONFLIST)
         self.made: list[tuple[str, RuntimeConf]] = []
