@@ -42,12 +42,11 @@ from controller.store import ObjectKey, Store, StoreEvent
 from controller.switch import Switch
 from flows.flow import Flow
 from flows.policy import (
-    PROTOCOL_NAMES,
     LocalTarget,
     PolicyFlowError,
     PolicyFlows,
-    PortRange,
     Rule,
+    ports_text,
 )
 
 log = logging.getLogger(__name__)
@@ -454,7 +453,7 @@ class PolicyReconciler:
             group=rule.key.group,
             conj_id=self.flows.conj_id(rule.key),
             peers=_peers_text(rule),
-            ports=_ports_text(rule.ports),
+            ports=ports_text(rule.ports),
             targets=len(rule.targets),
             live=self.flows.live(rule.key),
         )
@@ -508,18 +507,3 @@ def _peers_text(rule: Rule) -> str:
         excepts = f" except {', '.join(block.excepts)}" if block.excepts else ""
         parts.append(f"{block.cidr}{excepts}")
     return "; ".join(parts) or "none"
-
-
-def _ports_text(ports: frozenset[PortRange] | None) -> str:
-    if ports is None:
-        return "any"
-    out = []
-    for port in sorted(ports):
-        name = PROTOCOL_NAMES.get(port.protocol, str(port.protocol))
-        if port.lo is None:
-            out.append(name)
-        elif port.lo == port.hi:
-            out.append(f"{name}/{port.lo}")
-        else:
-            out.append(f"{name}/{port.lo}-{port.hi}")
-    return ", ".join(out) or "none"

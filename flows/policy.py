@@ -146,6 +146,28 @@ class PortRange:
     hi: int | None = None
 
 
+def ports_text(ports: frozenset[PortRange] | None) -> str:
+    """A rule's ports as people read them: `any`, `none`, or `TCP/80, UDP, TCP/8000-8080` (a
+    protocol alone means every port of it), protocols first, then ports."""
+    if ports is None:
+        return "any"
+    out = []
+    for port in sorted(ports, key=_port_order):
+        name = PROTOCOL_NAMES.get(port.protocol, str(port.protocol))
+        if port.lo is None:
+            out.append(name)
+        elif port.lo == port.hi:
+            out.append(f"{name}/{port.lo}")
+        else:
+            out.append(f"{name}/{port.lo}-{port.hi}")
+    return ", ".join(out) or "none"
+
+
+def _port_order(port: PortRange) -> tuple[int, int, int]:
+    # `lo`/`hi` None (every port) sort first; PortRange's own order cannot compare None to int.
+    return port.protocol, -1 if port.lo is None else port.lo, -1 if port.hi is None else port.hi
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One rule after resolution. `peers`/`ports` None mean any; an empty set means none."""

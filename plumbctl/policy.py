@@ -23,7 +23,7 @@ from controller.netpol_model import CompiledPolicy, PodKey, PolicyKey, PolicyMod
 from flows import annotate
 from flows.annotate import DumpedFlow
 from flows.cookie import CATEGORY_SHIFT, OBJECT_MASK, Category
-from flows.policy import DROP_PRIORITY, PROTOCOL_NAMES, Direction, LocalTarget, PortRange, Rule
+from flows.policy import DROP_PRIORITY, Direction, LocalTarget, Rule, ports_text
 from plumbctl import intent
 from plumbctl.inspect import _errors_as_click, _where, emit, where_options
 from plumbctl.nodes import Cluster, InspectError, Node
@@ -306,7 +306,7 @@ def _rule_report(name: str, rule: Rule, pod_ips: Mapping[str, str]) -> RuleRepor
         rule.key.index,
         rule.key.group,
         _peers_text(rule, pod_ips),
-        _ports_text(rule.ports),
+        ports_text(rule.ports),
     )
 
 
@@ -320,21 +320,6 @@ def _peers_text(rule: Rule, pod_ips: Mapping[str, str], most: int = 3) -> str:
         excepts = f" except {', '.join(block.excepts)}" if block.excepts else ""
         parts.append(f"{block.cidr}{excepts}")
     return "; ".join(parts) or "none"
-
-
-def _ports_text(ports: frozenset[PortRange] | None) -> str:
-    if ports is None:
-        return "any"
-    out = []
-    for port in sorted(ports):
-        name = PROTOCOL_NAMES.get(port.protocol, str(port.protocol))
-        if port.lo is None:
-            out.append(name)
-        elif port.lo == port.hi:
-            out.append(f"{name}/{port.lo}")
-        else:
-            out.append(f"{name}/{port.lo}-{port.hi}")
-    return ", ".join(out) or "none"
 
 
 # --- the command -------------------------------------------------------------------------------

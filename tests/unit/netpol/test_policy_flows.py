@@ -395,3 +395,14 @@ def test_a_peer_joining_touches_one_owner():
     )
     changed = flows.update_policy("ns/p3", [rule], {Direction.INGRESS: local}, 1.0)
     assert changed == {"policy/peer/10.9.9.9"}
+
+
+def test_ports_text_orders_a_whole_protocol_beside_its_ports() -> None:
+    """Found by the lab's random worlds: `{protocol: UDP}` (every port) beside `UDP 53` made
+    the policy status (agent and plumbctl) compare None with an int."""
+    from flows.policy import PortRange, ports_text
+
+    ports = frozenset({PortRange(17, 53, 53), PortRange(17), PortRange(6, 8000, 8080)})
+    assert ports_text(ports) == "TCP/8000-8080, UDP, UDP/53"
+    assert ports_text(None) == "any"
+    assert ports_text(frozenset()) == "none"
