@@ -58,9 +58,17 @@ class Pods:
         }
 
     def cleanup(self) -> None:
+        """DEL every pod and remove its namespace, all of them even when a DEL fails (the
+        first failure is raised afterwards)."""
+        failures: list[Exception] = []
         for netns, rt in self.made:
-            self.runtime.delete(self.net, rt)
+            try:
+                self.runtime.delete(self.net, rt)
+            except Exception as exc:
+                failures.append(exc)
             subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+        if failures:
+            raise failures[0]
 
 
 @pytest.fixture
