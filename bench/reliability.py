@@ -288,22 +288,39 @@ def _icmp_checksum(data: bytes) -> int:
 
 
 def _icmp_probe(ip: str, ident: int, timeout: float) -> tuple[bool, str]:
-    """One ICMP echo with identifier `ident`; True when its reply came back in time."""
+    """One ICMP echo with identifier `ident`; True when its reply came back in time.
+
+    A raw socket sees every ICMP message the pod receives, the replies to its other lanes'
+    probes included, so a reply counts only if it comes from `ip` with this identifier."""
     body = struct.pack("!HH", ident, 1) + b"plumb-reliability"
     packet = struct.pack("!BBH", 8, 0, _icmp_checksum(b"\x08\0\0\0" + body)) + body
     deadline = time.monotonic() + timeout
+    want_source = socket.inet_aton(ip)
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
-        sock.sendto(packet, (ip, 0))
-        while (left := deadline - time.monotonic()) > 0:
-            sock.settimeout(left)
-            try:
+        try:
+            sock.sendto(packet, (ip, 0))
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
                 reply = sock.recv(2048)
-            except TimeoutError:
-                break
-            header = reply[(reply[0] & 0x0F) * 4 :]
-            if header[0] == 0 and struct.unpack("!H", header[4:6])[0] == ident:
-                return True, ""
+                if _is_echo_reply(reply, want_source, ident):
+                    return True, ""
+        except TimeoutError:
+            pass
+        except OSError as exc:  # e.g. EHOSTUNREACH once neighbour resolution gave up
+            return False, exc.strerror or str(exc)
     return False, "timeout"
+
+
+def _is_echo_reply(reply: bytes, source: bytes, ident: int) -> bool:
+    """Whether an IPv4 datagram (as a raw socket returns it) is an echo reply from `source`
+    with identifier `ident`."""
+    header = reply[(reply[0] & 0x0F) * 4 :]
+    return (
+        reply[12:16] == source
+        and len(header) >= 6
+        and header[0] == 0
+        and struct.unpack("!H", header[4:6])[0] == ident
+    )
 
 
 @dataclass
