@@ -209,6 +209,7 @@ class Lane:
     protocol: str  # TCP (port 80) or ICMP
     allowed: bool
     results: list[tuple[float, float, bool]] = field(default_factory=list)  # start, end, ok
+    failure_reasons: Counter[str] = field(default_factory=Counter)  # why probes did not connect
     _ident: int = field(default_factory=lambda: int.from_bytes(os.urandom(2), "big"))
 
     def __repr__(self) -> str:
@@ -247,8 +248,10 @@ class Lane:
         enter_netns(host.netns_path(self.src.netns))
         while not stop.is_set():
             start = time.monotonic()
-            ok, _ = self.probe_here(timeout)
+            ok, reason = self.probe_here(timeout)
             self.results.append((start, time.monotonic(), ok))
+            if not ok:
+                self.failure_reasons[reason] += 1
             stop.wait(interval)
 
     def failures(self) -> int:
@@ -334,6 +337,7 @@ class TrafficFigures:
     denied_probes: int
     leaked: int  # denied probes that connected
     failing_lanes: list[str]
+    failure_reasons: dict[str, int]  # of the allowed probes that failed: why
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -344,6 +348,7 @@ class TrafficFigures:
             "denied_probes": self.denied_probes,
             "leaked": self.leaked,
             "failing_lanes": self.failing_lanes,
+            "failure_reasons": self.failure_reasons,
         }
 
 
@@ -392,6 +397,7 @@ class Traffic:
             denied_probes=sum(len(lane.results) for lane in denied),
             leaked=sum(lane.failures() for lane in denied),
             failing_lanes=[repr(lane) for lane in self.lanes if lane.failures()],
+            failure_reasons=dict(sum((lane.failure_reasons for lane in allowed), Counter())),
         )
 
     def first_success_after(self, moment: float) -> float | None:
@@ -661,6 +667,7 @@ def ovsdb_restart(
         "slowest_probe_ms": round(figures.max_latency_ms, 1),
         "leaked": figures.leaked,
         "failing_lanes": figures.failing_lanes,
+        "failure_reasons": figures.failure_reasons,
         "ports_before": len(ports_before),
         "ports_after": len(ports_after),
         "duplicate_ports": sorted(p for p, n in Counter(ports_after).items() if n > 1),
