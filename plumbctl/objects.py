@@ -10,13 +10,17 @@ agent's store would hold, so `plumbctl explain` asks the policy model what the a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.config import AgentConfig
 from controller.errors import ConfigError
 from controller.store import Store
+
+if TYPE_CHECKING:
+    from controller.sources.kube import KubeSource
 
 Obj = dict[str, Any]
 KUBE_TIMEOUT = 30.0
@@ -91,13 +95,24 @@ def from_kube(
     source = KubeSource(config, store, connect_timeout=5.0, list_timeout=timeout)
     try:
         source.start()
-        if not source.wait_synced(timeout):
-            raise ObjectsError(
-                f"--kubeconfig {kubeconfig}: the API server did not list everything "
-                f"within {timeout:.0f}s"
-            )
+        _wait_listed(source, kubeconfig, timeout)
     except ConfigError as exc:
         raise ObjectsError(f"--kubeconfig {kubeconfig}: {exc}") from exc
     finally:
         source.stop(timeout=2.0)
     return from_store(store, kubeconfig)
+
+
+def _wait_listed(source: KubeSource, kubeconfig: str, timeout: float) -> None:
+    """Until every stream has listed once; the first failure is reported at once (a one-shot
+    command has nothing to gain from the source's retries: an unreachable or refusing API
+    server would otherwise cost the whole timeout)."""
+    deadline = time.monotonic() + timeout
+    while not source.wait_synced(0.05):
+        if source.last_error is not None:
+            raise ObjectsError(f"--kubeconfig {kubeconfig}: {source.last_error}")
+        if time.monotonic() > deadline:
+            raise ObjectsError(
+                f"--kubeconfig {kubeconfig}: the API server did not list everything "
+                f"within {timeout:.0f}s"
+            )

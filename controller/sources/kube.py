@@ -224,6 +224,9 @@ class KubeSource:
         self._open: dict[str, Any] = {}  # stream name -> the response it is reading
         self._threads: list[threading.Thread] = []
         self._listers: dict[str, Callable[..., Any]] = {}
+        # The latest list/watch failure ("stream: reason"), for callers that would rather report
+        # it than wait out the retries (plumbctl's one-shot list); the agent just keeps retrying.
+        self.last_error: str | None = None
 
     # -- lifecycle --
 
@@ -292,6 +295,7 @@ class KubeSource:
                 delay = backoff_with_jitter(state.failures, *self._backoff, self._rand)
                 state.failures += 1
                 metrics.WATCH_ERRORS.labels(stream.name, _failure_reason(err)).inc()
+                self.last_error = f"{stream.name}: {err}"
                 log.warning(
                     "list/watch failed; backing off",
                     extra={

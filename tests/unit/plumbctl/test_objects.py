@@ -1,16 +1,20 @@
 """plumbctl.objects: the cluster's objects for `explain` on a node, read from a manifests
-directory exactly as the agent's manifests source reads it (no OVS, no API server)."""
+directory exactly as the agent's manifests source reads it (no OVS, no API server), and an API
+server that cannot be reached reported at once."""
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from plumbctl.main import cli
-from plumbctl.objects import ObjectsError, from_manifests
+from plumbctl.objects import ObjectsError, from_kube, from_manifests
 
 PODS = """\
 apiVersion: v1
@@ -88,3 +92,28 @@ def test_explain_options_are_checked_before_any_ovs_is_touched(tmp_path: Path) -
     no_ovs = ["explain", "--all", "--manifests", str(tmp_path)]
     result = CliRunner().invoke(cli, [*no_ovs, "--ovs-rundir", str(tmp_path / "ovs")])
     assert result.exit_code == 1 and "no OVSDB socket" in result.output
+
+
+def test_an_unreachable_api_server_is_reported_at_once(tmp_path: Path) -> None:
+    """--kubeconfig naming a port nobody listens on: the refusal is the error, well before
+    the 30 s the API server would otherwise be given to list everything."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free once closed: nothing listens there
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    started = time.monotonic()
+    with pytest.raises(ObjectsError, match=r"--kubeconfig .*kubeconfig: .*(refused|Errno)"):
+        from_kube(str(kubeconfig))
+    assert time.monotonic() - started < 10
