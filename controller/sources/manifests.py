@@ -21,8 +21,9 @@ Failure rules:
 - A file that cannot be parsed as YAML is logged (naming the file) and skipped; the previous
   good content of that file stays in force until it parses again.
 - A malformed object (not a mapping, no kind, no metadata.name, a spec or status that is not a
-  mapping, labels or annotations that are not strings to strings...) is logged (naming the
-  file) and skipped; the file's other objects are used.
+  mapping, labels or annotations that are not strings to strings, a Pod's containers, ports or
+  podIPs that are not lists of mappings...) is logged (naming the file) and skipped; the file's
+  other objects are used.
 - The same object in two files: the file whose path sorts last wins (logged).
 - A directory that is missing or unreadable leaves the store exactly as it is; changes are
   picked up when it returns. The source reports synced only after one complete read.
@@ -142,6 +143,8 @@ def check_object(document: Any) -> tuple[str, KubeObject] | None:
         value = meta.get(part)
         if value is not None and not _string_map(value):
             raise MalformedObject(f"{kind} {name}: metadata.{part} must map strings to strings")
+    if kind == "Pod":
+        _check_pod_lists(name, document)
     obj = document
     if kind not in CLUSTER_SCOPED and not namespace:
         obj = {**document, "metadata": {**meta, "namespace": "default"}}
@@ -150,6 +153,28 @@ def check_object(document: Any) -> tuple[str, KubeObject] | None:
     except Exception as err:
         raise MalformedObject(f"{kind} {name}: {type(err).__name__}: {err}") from None
     return kind, obj
+
+
+def _check_pod_lists(name: str, pod: dict[str, Any]) -> None:
+    """The lists of a Pod that the policy model walks hold mappings, as the API server requires
+    (a container port or a pod IP that is not a mapping would otherwise be ignored silently)."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    containers = spec.get("containers")
+    if containers is not None and not _list_of_maps(containers):
+        raise MalformedObject(f"Pod {name}: spec.containers must be a list of mappings")
+    for i, container in enumerate(containers or ()):
+        ports = container.get("ports")
+        if ports is not None and not _list_of_maps(ports):
+            raise MalformedObject(
+                f"Pod {name}: spec.containers[{i}].ports must be a list of mappings"
+            )
+    pod_ips = status.get("podIPs")
+    if pod_ips is not None and not _list_of_maps(pod_ips):
+        raise MalformedObject(f"Pod {name}: status.podIPs must be a list of mappings")
+
+
+def _list_of_maps(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
 
 
 def _string_map(value: Any) -> bool:

@@ -297,6 +297,17 @@ def test_stop_ends_polling(directory, store, make_source):
         ({"kind": "Pod", "metadata": {"name": "a", "namespace": 3}}, "namespace"),
         ({"kind": "Node", "metadata": {"name": "a"}, "status": "up"}, "status"),
         ({"kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": [7]}}, "Pod a"),
+        ({"kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": {"c": 1}}}, "list"),
+        (
+            {"kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": [{"ports": [80]}]}},
+            r"containers\[0\]\.ports",
+        ),
+        (
+            {"kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": [{"ports": 80}]}},
+            r"containers\[0\]\.ports",
+        ),
+        ({"kind": "Pod", "metadata": {"name": "a"}, "status": {"podIPs": ["10.0.0.1"]}}, "podIPs"),
+        ({"kind": "Pod", "metadata": {"name": "a"}, "status": {"podIPs": "10.0.0.1"}}, "podIPs"),
     ],
 )
 def test_check_object_names_what_is_wrong(document, reason):
