@@ -1,4 +1,5 @@
-"""The agent's HTTP endpoint: /livez, /readyz, /metrics and /loglevel on one small server.
+"""The agent's HTTP endpoint: /livez, /readyz, /metrics, /loglevel and /debug/objects on one
+small server.
 
 - `GET /livez`: 200 while the process serves HTTP and the optional liveness check passes.
 - `GET /readyz`: 200 once every readiness gate is open, else 503 naming the closed ones
@@ -6,6 +7,8 @@
 - `GET /metrics`: Prometheus exposition of `controller.metrics.REGISTRY`.
 - `GET /loglevel`: the current level; `POST` or `PUT /loglevel` with the level as the body
   (or `?level=debug`) changes it.
+- `GET /debug/objects[?top=N]`: the live Python objects the garbage collector tracks, counted
+  by type, the N most numerous first (default 30): where to look when memory grows.
 
 Readiness comes from named gates (`ReadinessGates`) that the agent opens as its parts come up:
 "ovsdb", "openflow", "synced", and so on. The server runs in daemon threads; `stop` closes it.
@@ -17,10 +20,12 @@ committed to the bridge (`plumb_agent_last_sync_timestamp_seconds`); `plumbctl s
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -192,6 +197,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, encoder(owner.registry), content_type)
         elif url.path == "/loglevel":
             self._reply(200, f"{logs.get_level()}\n")
+        elif url.path == "/debug/objects":
+            top = query.get("top", ["30"])[0]
+            if not top.isdigit():
+                self._reply(400, "top must be a number\n")
+                return
+            self._reply(200, object_counts_text(int(top)))
         else:
             self._reply(404, "not found\n")
 
@@ -235,6 +246,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         # Probes hit this every few seconds: keep them out of the log unless debugging.
         log.debug("http request", extra={"client": self.client_address[0], "line": format % args})
+
+
+def object_counts_text(top: int) -> str:
+    """The `top` most numerous types among the objects the garbage collector tracks, one
+    "COUNT TYPE" line each, and the total last."""
+    counts = Counter(type(obj).__qualname__ for obj in gc.get_objects())
+    lines = [f"{count} {name}" for name, count in counts.most_common(top)]
+    lines.append(f"{sum(counts.values())} total")
+    return "\n".join(lines) + "\n"
 
 
 class HealthServer:

@@ -1,4 +1,5 @@
-"""The health server: probes, readiness gates, metrics exposition, run-time log level."""
+"""The health server: probes, readiness gates, metrics exposition, run-time log level, live
+object counts."""
 
 from __future__ import annotations
 
@@ -104,6 +105,22 @@ def test_log_level_changes_over_http(server: HealthServer) -> None:
     code, body = fetch(server.url + "/loglevel", b"loud")
     assert code == 400 and "loud" in body
     assert logs.get_level() == "warning"
+
+
+class _Marker:
+    """A type of this test's own, so its count is known."""
+
+
+def test_debug_objects_counts_live_objects_by_type(server: HealthServer) -> None:
+    held = [_Marker() for _ in range(5000)]
+    code, body = fetch(server.url + "/debug/objects?top=200")
+    lines = body.splitlines()
+    assert code == 200 and lines[-1].endswith(" total")
+    counts = {name: int(count) for count, name in (line.split(" ", 1) for line in lines)}
+    assert counts["_Marker"] == len(held)
+    assert counts["total"] > len(held)
+    assert len(fetch(server.url + "/debug/objects?top=3")[1].splitlines()) == 4
+    assert fetch(server.url + "/debug/objects?top=x")[0] == 400
 
 
 def test_unknown_path(server: HealthServer) -> None:
