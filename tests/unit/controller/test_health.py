@@ -4,6 +4,8 @@ object counts."""
 from __future__ import annotations
 
 import logging
+import sys
+import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -121,6 +123,20 @@ def test_debug_objects_counts_live_objects_by_type(server: HealthServer) -> None
     assert counts["total"] > len(held)
     assert len(fetch(server.url + "/debug/objects?top=3")[1].splitlines()) == 4
     assert fetch(server.url + "/debug/objects?top=x")[0] == 400
+
+
+def test_debug_memory_names_the_lines_holding_memory(server: HealthServer) -> None:
+    assert "PYTHONTRACEMALLOC=1" in fetch(server.url + "/debug/memory")[1]
+    tracemalloc.start()
+    try:
+        held = [bytes(1000) + bytes([i % 256]) for i in range(2000)]  # about 2 MB
+        held_line = sys._getframe().f_lineno - 1
+        code, body = fetch(server.url + "/debug/memory?top=5")
+    finally:
+        tracemalloc.stop()
+    first = body.splitlines()[0].split(" ")
+    assert code == 200 and body.splitlines()[-1].endswith(" total") and len(held) == 2000
+    assert first[2].endswith(f"test_health.py:{held_line}") and int(first[0]) > 2_000_000
 
 
 def test_unknown_path(server: HealthServer) -> None:
