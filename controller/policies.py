@@ -7,6 +7,9 @@ policies a change affects), compiles those policies, lets `flows.policy.PolicyFl
 which flow owners changed, and hands exactly those owners to `Switch.replace_many`: one atomic
 bundle, no moment in which traffic is wrongly allowed or dropped. A failed bundle leaves those
 owners marked unsynced and is retried with backoff; the switch's cache only moves on success.
+Each such bundle also carries the next revalidation epoch (`flows.policy.epoch_flows`), so that
+ovs-vswitchd re-translates the datapath's new-connection megaflows rather than modifying them
+in place, which the userspace datapath can get wrong.
 
 Invalid policies are logged and shown by `status()`; the others stay in force.
 
@@ -39,13 +42,15 @@ from controller.netpol_model import (
 )
 from controller.openflow import OpenFlowError
 from controller.store import ObjectKey, Store, StoreEvent
-from controller.switch import Switch
+from controller.switch import Epoch, Switch
 from flows.flow import Flow
 from flows.policy import (
+    EPOCH_OWNER,
     LocalTarget,
     PolicyFlowError,
     PolicyFlows,
     Rule,
+    epoch_flows,
     ports_text,
 )
 
@@ -128,6 +133,10 @@ class PolicyReconciler:
     ) -> None:
         self.store = store
         self.switch = switch
+        # Every bundle of policy owners also moves the revalidation epoch, so that OVS
+        # re-translates new-connection megaflows instead of modifying them in place
+        # (flows.policy.epoch_flows).
+        switch.epoch = Epoch(EPOCH_OWNER, "policy/", lambda gen: epoch_flows(gen, round_))
         self.node_name = local_node_name
         self._local_pods = local_pods
         self._clock = clock

@@ -69,6 +69,24 @@ class FlowStat:
 
 
 @dataclass(slots=True)
+class Epoch:
+    """Flows the switch replaces, with a new generation, in the same bundle as every change to
+    the owners whose names start with `prefix` (a change that installs, modifies or deletes a
+    flow). `flows(generation)` builds them; they are kept under `owner` like any other flows.
+
+    What for: see `flows.policy.epoch_flows` (the policy reconciler's epoch makes the
+    revalidators re-translate every new-connection megaflow after a policy change)."""
+
+    owner: str
+    prefix: str
+    flows: Callable[[int], list[Flow]]
+    generation: int = 0
+
+    def covers(self, owners: Iterable[str]) -> bool:
+        return any(o.startswith(self.prefix) and o != self.owner for o in owners)
+
+
+@dataclass(slots=True)
 class SwitchCounters:
     """What has been sent; tests and metrics read it."""
 
@@ -101,6 +119,7 @@ class Switch:
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._bundle_ids = iter(range(1, 1 << 32))
+        self.epoch: Epoch | None = None  # set by its user (the policy reconciler)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -180,20 +199,35 @@ class Switch:
         return self.replace_many({owner: flows})
 
     def replace_many(self, changes: dict[str, Iterable[Flow]]) -> FlowDiff:
-        """Replace several owners' flows in one atomic bundle (e.g. a policy and its clauses)."""
+        """Replace several owners' flows in one atomic bundle (e.g. a policy and its clauses).
+
+        When the change touches owners an `Epoch` covers, the epoch's next generation goes
+        into the same bundle; the returned diff is that of the owners asked for."""
         indexed = {owner: index_flows(flows) for owner, flows in changes.items()}
         total = FlowDiff()
         with self._write_lock:
             for owner, desired in indexed.items():
-                part = diff_flows(self._store.get(owner, {}), desired)
-                total.adds += part.adds
-                total.modifies += part.modifies
-                total.deletes += part.deletes
-            if total:
-                self._send_diff(total)
+                _add(total, diff_flows(self._store.get(owner, {}), desired))
+            sent, bumped = total, self._next_epoch(indexed) if total else None
+            if bumped is not None:
+                sent = FlowDiff(list(total.adds), list(total.modifies), list(total.deletes))
+                _add(sent, diff_flows(self._store.get(bumped[0], {}), bumped[1]))
+            if sent:
+                self._send_diff(sent)
             for owner, desired in indexed.items():
                 self._commit_store(owner, desired)
+            if bumped is not None:
+                assert self.epoch is not None
+                self._commit_store(*bumped)
+                self.epoch.generation += 1
         return total
+
+    def _next_epoch(self, owners: Iterable[str]) -> tuple[str, dict[FlowKey, Flow]] | None:
+        """The epoch owner and its next generation's flows, if this change is one it covers."""
+        epoch = self.epoch
+        if epoch is None or not epoch.covers(owners):
+            return None
+        return epoch.owner, index_flows(epoch.flows(epoch.generation + 1))
 
     def _commit_store(self, owner: str, desired: Mapping[FlowKey, Flow]) -> None:
         """Record what OVS now holds for `owner` (only after the commit succeeded)."""
@@ -355,6 +389,12 @@ class Switch:
         )
         with self._write_lock:
             self._require_connection().request(mod, barrier=True)
+
+
+def _add(total: FlowDiff, part: FlowDiff) -> None:
+    total.adds += part.adds
+    total.modifies += part.modifies
+    total.deletes += part.deletes
 
 
 def _per_table(flows: Iterable[Flow]) -> Counter[str]:

@@ -20,6 +20,7 @@ address, a target port, a source IP, a service), so a change rewrites only the o
 | `policy/service/<proto>[/<port>[/<mask>]]` | port clauses of both directions |
 | `policy/any` | the catch-all `ip` clauses of single-dimension rules |
 | `policy/node` | traffic to and from the local node, always allowed (priority 205) |
+| `policy/epoch` | the revalidation epoch of both rule tables (priority 209, see `epoch_flows`) |
 
 Conjunction ids are 32-bit, allocated per `RuleKey`, with bit 31 set to the restart round's
 parity: the flows of two rounds that coexist during a restart can never complete each other's
@@ -53,6 +54,7 @@ from flows.flow import Conjunction, Ct, Flow, GotoTable, Load, Match, match
 from flows.pipeline import table
 
 # Priorities in the rule tables (the est/rel bypass of the skeleton sits at 210).
+EPOCH_PRIORITY = 209
 NODE_PRIORITY = 205
 CLAUSE_PRIORITY = 200
 ACTION_PRIORITY = 190
@@ -400,6 +402,36 @@ def rule_owner(conj_id: int) -> str:
 
 
 NODE_OWNER = "policy/node"
+EPOCH_OWNER = "policy/epoch"
+
+# The revalidation epoch: one bit of ct_mark[16..31] per generation, in turn. Nothing sets
+# those bits (the pipeline writes ct_mark[0..3] only; a related connection inherits its
+# master's mark), so an epoch flow never matches a packet.
+EPOCH_LO = 16
+EPOCH_BITS = 16
+
+
+def epoch_flows(generation: int, round_: int) -> list[Flow]:
+    """The two flows of one revalidation epoch: in EgressRule and IngressRule, below the
+    est/rel bypass (210) and above every rule flow, `ip,ct_mark=B/B actions=drop` where B is
+    the generation's bit.
+
+    They never match; they are there to be looked at. Every new connection's lookup in a rule
+    table passes them (an established one stops at 210 first), so OVS puts bit B into the mask
+    of every new-connection megaflow. Replacing them in the same bundle as a policy change
+    (`controller.switch.Epoch`) changes B, and the revalidators then find each such megaflow's
+    new translation more specific than the megaflow and delete it (by its ufid) instead of
+    modifying it in place. The userspace datapath finds the megaflow to modify by a classifier
+    lookup of its masked key, which can hit another, overlapping megaflow and leave this one
+    with its old actions (docs/networkpolicy.md, "A stale datapath flow after a policy change").
+    """
+    bit = 1 << (EPOCH_LO + generation % EPOCH_BITS)
+    # Pipeline category: they enforce nothing (a dump of policy flows shows only policies).
+    cookie = Cookie(round_, Category.PIPELINE, 0).value
+    return [
+        table(tbl).flow(EPOCH_PRIORITY, match(eth_type=ETH_TYPE_IP, ct_mark=(bit, bit)), [], cookie)
+        for tbl in ("EgressRule", "IngressRule")
+    ]
 
 
 def _owner_keys(key: ClauseKey) -> list[ClauseKey]:
