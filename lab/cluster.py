@@ -4,14 +4,16 @@ and waits until every agent is ready; `down` removes everything a lab made, and 
 A node is a network namespace `<lab>-nodeN` holding: `eth0`, one end of a veth whose other end
 sits on the Linux bridge of the lab's underlay namespace; a private Open vSwitch (userspace
 datapath); the node's underlay address, in tunnel modes on the internal port of an OVS bridge
-`br-phy` that holds `eth0` (so the userspace tunnel code can route and ARP, see docs/lab.md), in
-routed mode on `eth0` itself; and one plumb-agent reading the lab's manifests directory. All
-files live under /var/run/plumb-lab/<lab>/.
+`br-phy` that holds `eth0` (so the userspace tunnel code can route and ARP, see docs/lab.md; its
+kernel routes kept out of ovs-vswitchd's sight and replaced by a route of ovs-vswitchd's own,
+see hide_underlay_routes), in routed mode on `eth0` itself; and one plumb-agent reading the
+lab's manifests directory. All files live under /var/run/plumb-lab/<lab>/.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -197,8 +199,86 @@ def ensure_node_ovs(node: NodeLayout, encap: str) -> OvsSandbox:
         "--", "--may-exist", "add-port", PHYS_BRIDGE, UPLINK,
     )  # fmt: skip
     quiet_port(node.netns, UPLINK)
-    host.ensure_address(node.netns, PHYS_BRIDGE, address)
+    if UNDERLAY_ROUTES == "kernel":
+        host.ensure_address(node.netns, PHYS_BRIDGE, address)
+        return ovs
+    hide_underlay_routes(node)
+    route_underlay(node, ovs)
     return ovs
+
+
+# How a tunnel node's underlay address is routed. "hidden" (the default): the kernel's routes to
+# and for the address name no device that ovs-vswitchd caches (see hide_underlay_routes), and
+# ovs-vswitchd routes the underlay by a route of its own (route_underlay). "kernel": the address
+# on br-phy as is, its kernel routes cached by ovs-vswitchd, which loses a packet now and then
+# whenever a link comes or goes on the node (docs/reliability.md); kept to measure against.
+UNDERLAY_ROUTES = os.environ.get("PLUMB_LAB_UNDERLAY_ROUTES", "hidden")
+_NEXTHOP_ID = "1"  # the underlay's nexthop object in the node's namespace
+
+
+def hide_underlay_routes(node: NodeLayout) -> None:
+    """The node's address on br-phy, with no kernel route that ovs-vswitchd 3.1 reads naming
+    br-phy: on every link added to or removed from the namespace (each pod's veth) it flushes
+    the routes it cached from the kernel and reads them again, and flushing a route through
+    br-phy also drops br-phy's entries from the tunnel-termination map (`tnl/ports/show -v`)
+    until a route through br-phy is read again; a revalidator translating a flow meanwhile
+    sends arriving Geneve to br-phy's kernel and tunnelled packets nowhere, and the datapath
+    keeps that until the next revalidation. So:
+
+    - the address on br-phy without its prefix route (`noprefixroute`), IPv6 off on br-phy (no
+      link-local address, no fe80::/64 route);
+    - the kernel's local route for it through `lo` (the same address on `lo`) rather than
+      br-phy, so the kernel still takes and answers (ARP included) what is sent to it;
+    - the kernel's route to the underlay through a nexthop object, which the kernel reports
+      without an output interface (`nexthop_compat_mode` 0) and ovs-vswitchd therefore skips.
+
+    The kernel still reaches the other nodes and is reached by them; only ovs-vswitchd no
+    longer sees these routes (route_underlay gives it its own)."""
+    netns, dev = node.netns, PHYS_BRIDGE
+    host.sysctl(netns, f"net.ipv6.conf.{dev}.disable_ipv6", "1")
+    host.sysctl(netns, "net.ipv4.nexthop_compat_mode", "0")
+    host.ensure_address(netns, "lo", f"{node.address}/32")
+    if node.address not in host.run(["ip", "-n", netns, "-4", "-o", "addr", "show", dev]):
+        cidr = f"{node.address}/{node.underlay_prefixlen}"
+        host.run(["ip", "-n", netns, "addr", "add", cidr, "dev", dev, "noprefixroute"])
+    host.run(["ip", "-n", netns, "link", "set", dev, "up"])
+    subnet = str(ipaddress.IPv4Network(f"{node.address}/{node.underlay_prefixlen}", strict=False))
+    # Whatever the kernel made on its own through br-phy (the local route, a prefix route).
+    host.run(["ip", "-n", netns, "route", "del", "table", "local", "local", node.address,
+              "dev", dev], check=False)  # fmt: skip
+    host.run(["ip", "-n", netns, "route", "del", subnet, "dev", dev], check=False)
+    host.run(["ip", "-n", netns, "nexthop", "replace", "id", _NEXTHOP_ID, "dev", dev])
+    host.run(["ip", "-n", netns, "route", "replace", subnet, "nhid", _NEXTHOP_ID,
+              "src", node.address])  # fmt: skip
+
+
+def route_underlay(node: NodeLayout, ovs: OvsSandbox | None = None, timeout: float = 5.0) -> None:
+    """ovs-vswitchd's own route to the underlay through br-phy (`ovs/route/add`): a user route,
+    which its route-table resets leave alone, and whose insertion puts br-phy's address in the
+    tunnel-termination map. Added once ovs-vswitchd no longer caches a kernel route through
+    br-phy (flushing one would take br-phy out of the map again); ovs-vswitchd forgets it when
+    it restarts, so whoever starts it again calls this again. No-op in "kernel" mode."""
+    if UNDERLAY_ROUTES == "kernel":
+        return
+    ovs = ovs or node_ovs(node)
+    subnet = str(ipaddress.IPv4Network(f"{node.address}/{node.underlay_prefixlen}", strict=False))
+    deadline = time.monotonic() + timeout
+    while _cached_routes_through(ovs, PHYS_BRIDGE):
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"{node.name}: ovs-vswitchd still caches a kernel route through {PHYS_BRIDGE}:\n"
+                + ovs.appctl("ovs/route/show")
+            )
+        time.sleep(0.05)
+    ovs.appctl("ovs/route/add", subnet, PHYS_BRIDGE)
+
+
+def _cached_routes_through(ovs: OvsSandbox, dev: str) -> list[str]:
+    return [
+        line
+        for line in ovs.appctl("ovs/route/show").splitlines()
+        if line.startswith("Cached:") and f" dev {dev} " in f"{line} "
+    ]
 
 
 def quiet_port(netns: str, ifname: str) -> None:

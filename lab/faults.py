@@ -87,7 +87,9 @@ def restart(
     if component == "agent":
         result = _restart_agent(node, sig)
     else:
-        result = _restart_ovs_daemon(node, component, sig)
+        spec = layout.read_spec()
+        tunnelled = spec is not None and spec.encap != "none"
+        result = _restart_ovs_daemon(node, component, sig, tunnelled)
     progress(
         f"{node.name}: {component} restarted (pid {result.old_pid} -> {result.new_pid}, "
         f"away {result.away_s:.2f}s)"
@@ -107,7 +109,9 @@ def _restart_agent(node: NodeLayout, sig: signal.Signals) -> Restarted:
     return Restarted(node.name, "agent", sig.name, old, new, time.monotonic() - started)
 
 
-def _restart_ovs_daemon(node: NodeLayout, component: str, sig: signal.Signals) -> Restarted:
+def _restart_ovs_daemon(
+    node: NodeLayout, component: str, sig: signal.Signals, tunnelled: bool
+) -> Restarted:
     ovs = cluster.node_ovs(node)
     daemon: Daemon = "ovs-vswitchd" if component == "ovs-vswitchd" else "ovsdb-server"
     old = ovs.pid(daemon)
@@ -118,6 +122,8 @@ def _restart_ovs_daemon(node: NodeLayout, component: str, sig: signal.Signals) -
     # The daemon's own start (as its service manager would run it) waits until it answers.
     if daemon == "ovs-vswitchd":
         ovs.start_vswitchd()
+        if tunnelled:  # its own route to the underlay went with it (lab.cluster.route_underlay)
+            cluster.route_underlay(node, ovs)
     else:
         ovs.start_ovsdb()
     new = ovs.pid(daemon)

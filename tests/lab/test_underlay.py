@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab import cluster, floor
-from lab.layout import LabLayout
+from lab import cluster, floor, host
+from lab.host import in_ns
+from lab.layout import PHYS_BRIDGE, UNDERLAY_CIDR, LabLayout
 from tests.lab.conftest import df_ping
 
 pytestmark = pytest.mark.lab
@@ -51,3 +52,24 @@ def test_one_byte_over_the_pod_mtu_is_refused_with_df(bare_lab: LabLayout):
 def test_bridge_floor_connects_two_namespaces(bare_lab: LabLayout):
     with floor.bridge_floor(bare_lab, POD_MTU) as (a, b):
         assert df_ping(a.netns, b.ip, POD_MTU).returncode == 0
+
+
+def test_underlay_routes_are_out_of_reach_of_link_churn(bare_lab: LabLayout):
+    """ovs-vswitchd routes the underlay by a route of its own and caches no kernel route through
+    br-phy, so the route-table reset that every link added or removed in the node's namespace
+    causes never takes br-phy out of its tunnel-termination map (docs/reliability.md); the
+    nodes' kernels still reach each other over the underlay."""
+    node1, node2 = bare_lab.node(1), bare_lab.node(2)
+    with floor.tunnel_floor(bare_lab, "geneve", POD_MTU):
+        ovs = cluster.node_ovs(node1)
+        for i in range(3):  # links come and go as pods' veths do
+            host.run(["ip", "-n", node1.netns, "link", "add", f"churn{i}", "type", "veth"])
+            host.run(["ip", "-n", node1.netns, "link", "del", f"churn{i}"])
+        host.run(in_ns(node1.netns, "ping", "-c", "1", "-W", "1", node2.address))  # settles
+        routes = ovs.appctl("ovs/route/show")
+        assert f"User: {UNDERLAY_CIDR} dev {PHYS_BRIDGE} SRC {node1.address}" in routes, routes
+        cached = [r for r in routes.splitlines() if r.startswith("Cached") and PHYS_BRIDGE in r]
+        assert cached == [], routes
+        assert f"ipv4(dst={node1.address}," in ovs.appctl("tnl/ports/show", "-v")
+        for a, b in ((node1, node2), (node2, node1)):
+            host.run(in_ns(a.netns, "ping", "-c", "1", "-W", "1", b.address))
