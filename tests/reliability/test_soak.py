@@ -1,8 +1,12 @@
 """A short soak: 50 pod creations and deletions in batches under policies and traffic (the
 10-minute, 1,000-pod run is `python -m bench soak`). Nothing leaks (ports, links, IPAM
 reservations, pod flows, flows), each new pod gets its policy verdict at once, agents' memory
-stays within a few MiB, and same-node traffic never fails (cross-node traffic may lose a packet
-while a veth comes or goes, a userspace-datapath effect: docs/reliability.md)."""
+stays within a few MiB, and traffic keeps flowing: no probe fails on one node; across nodes a
+failed probe is isolated (no outage longer than one probe's) and there are at most two.
+
+Cross-node traffic used to lose a packet now and then while a veth came or went (ovs-vswitchd
+3.1 re-reading the kernel's routes took br-phy out of its tunnel-termination map for a moment,
+docs/reliability.md); the lab now routes the underlay so that this no longer happens."""
 
 from __future__ import annotations
 
@@ -14,9 +18,22 @@ from bench import soak
 
 pytestmark = pytest.mark.lab
 
+# Lanes probe every 0.1 s here (the bench's 0.5 s would see five times fewer packets), with
+# a 1 s timeout: one lost SYN or echo fails a probe, and one failed probe between two good
+# ones is an outage of about 1.1 s (its timeout, the interval, the next probe); two in a row
+# make 2.2 s. An outage under 2 s is therefore one isolated lost probe; a cut underlay, a
+# missing route or a dead tunnel shows as a longer one.
+INTERVAL = 0.1
+ISOLATED_OUTAGE_MS = 2000
+# Cross-node probes (some 550 a run) that may fail. Measured on a shared 2-vCPU VM, 3 runs
+# each: with the lab's underlay routing 0, 0 and 0 of 571, 585 and 586; with the former one
+# (PLUMB_LAB_UNDERLAY_ROUTES=kernel) 9, 4 and 8 of 481, 562 and 514, each an isolated probe.
+# Two leave room for a stall of a shared machine, not for that loss coming back.
+CROSS_NODE_FAILURES = 2
+
 
 def test_fifty_pods_created_and_deleted_leave_nothing_behind() -> None:
-    figures = soak.soak(cycles=50, duration=0)
+    figures = soak.soak(cycles=50, duration=0, interval=INTERVAL)
     print(json.dumps({k: v for k, v in figures.items() if k != "curve"}))
     assert figures["cycles"] == 50
     assert figures["leaks"] == {}
@@ -24,5 +41,6 @@ def test_fifty_pods_created_and_deleted_leave_nothing_behind() -> None:
     assert figures["policy_misses"] == []
     assert figures["leaked_probes"] == 0
     assert figures["failed_same_node"] == 0
-    assert figures["failed_cross_node"] <= 0.05 * figures["cross_node_probes"]
+    assert figures["max_outage_ms"] < ISOLATED_OUTAGE_MS, figures["failure_reasons"]
+    assert figures["failed_cross_node"] <= CROSS_NODE_FAILURES, figures["failure_reasons"]
     assert all(growth < 8 for growth in figures["rss_mib_growth"])
