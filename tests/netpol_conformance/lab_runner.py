@@ -10,7 +10,6 @@ alternately on the nodes so that most pairs cross the tunnel and some stay on a 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,20 +124,6 @@ class ConformanceLab:
                                  f"{problems}")  # fmt: skip
             time.sleep(0.1)
 
-    def purge_datapath_flows(self) -> None:
-        """Drop every node's cached datapath flows, so that the next packets are judged by the
-        OpenFlow tables as they are now.
-
-        Needed because of a known issue (docs/networkpolicy.md, "Known issue: a stale datapath
-        flow"): after a policy change that isolates a pod, ovs-vswitchd's userspace datapath
-        now and then keeps one megaflow of the old verdict, which revalidation does not remove
-        while it stays in use (seen at case 38 in about one full run of three, on this stop's
-        starting commit too; `revalidator/wait` leaves it, `revalidator/purge` clears it). The
-        suite checks the agents' tables and their verdicts; that issue is tracked apart."""
-        for node in ("node1", "node2"):
-            ctl = self.layout.node_by_name(node).ovs_rundir / "ovs-vswitchd.ctl"
-            subprocess.run(["ovs-appctl", "-t", str(ctl), "revalidator/purge"], check=True)
-
     # --- probing -------------------------------------------------------------------------------
 
     def observe(self, check: c.Check) -> tuple[dict[c.Pair, bool | None], str]:
@@ -171,7 +156,6 @@ class ConformanceLab:
         for number, (step, state) in enumerate(case.states(), 1):
             self.converge(state)
             self.wait_in_sync()
-            self.purge_datapath_flows()
             for check in step.checks:
                 result = self.verify(check)
                 results.append(result)
