@@ -78,6 +78,9 @@ OUTPUT_KIND = RegField("OUTPUT_KIND", "reg0", 21, 22, "how Output sends the pack
 TARGET_OFPORT = RegField("TARGET_OFPORT", "reg1", 0, 31, "the port Output sends to")
 CONJ_ID = RegField("CONJ_ID", "reg3", 0, 31, "conjunction id of the matched policy rule")
 CT_SOURCE = RegField("CT_SOURCE", "ct_mark", 0, 3, "packet source of the connection's first packet")
+REVALIDATION_EPOCH = RegField(
+    "REVALIDATION_EPOCH", "ct_mark", 16, 31, "never set; matched to shape megaflow masks"
+)
 INGRESS_RULE = RegField("INGRESS_RULE", "ct_label", 0, 31, "ingress rule that allowed the conn")
 EGRESS_RULE = RegField("EGRESS_RULE", "ct_label", 32, 63, "egress rule that allowed the conn")
 
@@ -89,6 +92,7 @@ REG_FIELDS: tuple[RegField, ...] = (
     TARGET_OFPORT,
     CONJ_ID,
     CT_SOURCE,
+    REVALIDATION_EPOCH,
     INGRESS_RULE,
     EGRESS_RULE,
 )

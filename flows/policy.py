@@ -48,6 +48,7 @@ from flows.fields import (
     IP_PROTO_SCTP,
     IP_PROTO_TCP,
     IP_PROTO_UDP,
+    REVALIDATION_EPOCH,
     RegField,
 )
 from flows.flow import Conjunction, Ct, Flow, GotoTable, Load, Match, match
@@ -404,11 +405,11 @@ def rule_owner(conj_id: int) -> str:
 NODE_OWNER = "policy/node"
 EPOCH_OWNER = "policy/epoch"
 
-# The revalidation epoch: one bit of ct_mark[16..31] per generation, in turn. Nothing sets
-# those bits (the pipeline writes ct_mark[0..3] only; a related connection inherits its
-# master's mark), so an epoch flow never matches a packet.
-EPOCH_LO = 16
-EPOCH_BITS = 16
+# The revalidation epoch: one bit of REVALIDATION_EPOCH (ct_mark[16..31]) per generation, in
+# turn. Nothing sets those bits (the pipeline writes CT_SOURCE, ct_mark[0..3], only; a related
+# connection inherits its master's mark), so an epoch flow never matches a packet.
+EPOCH_LO = REVALIDATION_EPOCH.lo
+EPOCH_BITS = REVALIDATION_EPOCH.hi - REVALIDATION_EPOCH.lo + 1
 
 
 def epoch_flows(generation: int, round_: int) -> list[Flow]:
