@@ -51,6 +51,7 @@ from flows.policy import (
     PolicyFlows,
     Rule,
     epoch_flows,
+    peers_text,
     ports_text,
 )
 
@@ -461,7 +462,7 @@ class PolicyReconciler:
             index=rule.key.index,
             group=rule.key.group,
             conj_id=self.flows.conj_id(rule.key),
-            peers=_peers_text(rule),
+            peers=peers_text(rule.peers),
             ports=ports_text(rule.ports),
             targets=len(rule.targets),
             live=self.flows.live(rule.key),
@@ -506,13 +507,3 @@ def _object_name(key: ObjectKey) -> str:
 
 def _describe(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
-def _peers_text(rule: Rule) -> str:
-    if rule.peers is None:
-        return "any"
-    parts = [f"{len(rule.peers.ips)} pods"] if rule.peers.ips else []
-    for block in sorted(rule.peers.blocks):
-        excepts = f" except {', '.join(block.excepts)}" if block.excepts else ""
-        parts.append(f"{block.cidr}{excepts}")
-    return "; ".join(parts) or "none"

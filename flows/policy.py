@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -164,6 +164,20 @@ def ports_text(ports: frozenset[PortRange] | None) -> str:
         else:
             out.append(f"{name}/{port.lo}-{port.hi}")
     return ", ".join(out) or "none"
+
+
+def peers_text(peers: Peers | None, pods: Sequence[str] | None = None) -> str:
+    """A rule's peers as people read them: `any`, `none`, or the pods (`pods`, names as the
+    caller has them, else their count) then the ipBlocks with their exceptions."""
+    if peers is None:
+        return "any"
+    if pods is None:
+        pods = [f"{len(peers.ips)} pods"] if peers.ips else []
+    parts = list(pods)
+    for block in sorted(peers.blocks):
+        excepts = f" except {', '.join(block.excepts)}" if block.excepts else ""
+        parts.append(f"{block.cidr}{excepts}")
+    return "; ".join(parts) or "none"
 
 
 def _port_order(port: PortRange) -> tuple[int, int, int]:

@@ -23,7 +23,7 @@ from controller.netpol_model import CompiledPolicy, PodKey, PolicyKey, PolicyMod
 from flows import annotate
 from flows.annotate import DumpedFlow
 from flows.cookie import CATEGORY_SHIFT, OBJECT_MASK, Category
-from flows.policy import DROP_PRIORITY, Direction, LocalTarget, Rule, ports_text
+from flows.policy import DROP_PRIORITY, Direction, LocalTarget, Rule, peers_text, ports_text
 from plumbctl import intent
 from plumbctl.inspect import _errors_as_click, _where, emit, where_options
 from plumbctl.nodes import Cluster, InspectError, Node
@@ -305,21 +305,15 @@ def _rule_report(name: str, rule: Rule, pod_ips: Mapping[str, str]) -> RuleRepor
         rule.direction.value,
         rule.key.index,
         rule.key.group,
-        _peers_text(rule, pod_ips),
+        peers_text(rule.peers, _peer_pods(rule, pod_ips)),
         ports_text(rule.ports),
     )
 
 
-def _peers_text(rule: Rule, pod_ips: Mapping[str, str], most: int = 3) -> str:
-    """Peer pods by name (the first few), then ipBlocks."""
-    if rule.peers is None:
-        return "any"
-    pods = sorted(pod_ips.get(ip, ip) for ip in rule.peers.ips)
-    parts = pods[:most] + ([f"{len(pods) - most} more pods"] if len(pods) > most else [])
-    for block in sorted(rule.peers.blocks):
-        excepts = f" except {', '.join(block.excepts)}" if block.excepts else ""
-        parts.append(f"{block.cidr}{excepts}")
-    return "; ".join(parts) or "none"
+def _peer_pods(rule: Rule, pod_ips: Mapping[str, str], most: int = 3) -> list[str]:
+    """The rule's peer pods by name, the first few, then how many more."""
+    pods = sorted(pod_ips.get(ip, ip) for ip in rule.peers.ips) if rule.peers else []
+    return pods[:most] + ([f"{len(pods) - most} more pods"] if len(pods) > most else [])
 
 
 # --- the command -------------------------------------------------------------------------------
