@@ -3,20 +3,6 @@ with smaller numbers, asserted on). Lab-marked tests skip, with the reason, wher
 built (no root, no OVS, no reference CNI plugins); the whole tier is meant to stay under about
 four minutes."""
 
-from __future__ import annotations
+from tests.lab.conftest import _lab_prerequisites
 
-import pytest
-
-from tests.lab.conftest import skip_reason
-
-_REASON: list[str | None] = []
-
-
-@pytest.fixture(autouse=True)
-def _lab_prerequisites(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("lab") is None:
-        return
-    if not _REASON:
-        _REASON.append(skip_reason())
-    if _REASON[0]:
-        pytest.skip(_REASON[0])
+__all__ = ["_lab_prerequisites"]
