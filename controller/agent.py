@@ -41,6 +41,7 @@ from controller.sources.kube import KubeSource
 from controller.sources.manifests import ManifestsSource
 from controller.store import Store, StoreEvent
 from controller.switch import Switch
+from controller.vswitchd import VswitchdError, add_routes, parse_routes
 from flows.cookie import Category, Cookie, next_round, round_filter
 from flows.pod import LocalNode, gateway_flows
 from flows.skeleton import skeleton_flows
@@ -157,6 +158,19 @@ class Agent:
         self.switch.delete_by_cookie(*round_filter(self.round))
         self.switch.replace_flows("pipeline", skeleton_flows(self.round))
         self.gates.set("openflow")
+        # ovs-vswitchd's own routes: now, and after each restart of it (it forgets them).
+        self._add_ovs_routes()
+        self.switch.on_connect.append(self._add_ovs_routes)
+
+    def _add_ovs_routes(self) -> None:
+        routes = parse_routes(self.config.ovs_routes)
+        try:
+            add_routes(self.config.ovs_rundir, routes)
+        except VswitchdError as err:
+            log.error("ovs-vswitchd routes not added; tunnels may not work: %s", err)
+        else:
+            if routes:
+                log.info("ovs-vswitchd routes added count=%d", len(routes))
 
     def _start_source(self) -> None:
         if self.config.source == "kubernetes":

@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from controller.errors import ConfigError
+from controller.vswitchd import parse_routes
 
 NODE_NAME_ENV = "NODE_NAME"
 SOURCES = ("kubernetes", "manifests")
@@ -70,6 +71,13 @@ class AgentConfig:
     ovs_rundir: str = "/var/run/openvswitch"
     """Open vSwitch run directory: the OVSDB socket and the bridge's management socket
     (`<bridge>.mgmt`) live here. Absolute path."""
+
+    ovs_routes: str = ""
+    """Routes ovs-vswitchd must hold in its own table for tunnels on the userspace datapath,
+    `PREFIX BRIDGE [GATEWAY]` separated by commas (e.g. `172.30.0.0/24 br-phy`): added with
+    `ovs-appctl ovs/route/add` at start and again whenever ovs-vswitchd restarts (it forgets
+    them). For nodes that keep their underlay routes out of ovs-vswitchd's sight, as the lab does
+    (docs/lab.md). Empty: none (ovs-vswitchd learns the kernel's routes by itself)."""
 
     ovsdb_remote: str = ""
     """OVSDB server to talk to: `unix:PATH`, `tcp:HOST:PORT` or `ssl:HOST:PORT`. Empty means
@@ -233,6 +241,10 @@ def _ip_address(value: str) -> None:
             raise ValueError(f"must be an IPv4 or IPv6 address; got {value!r}") from None
 
 
+def _ovs_routes(value: str) -> None:
+    parse_routes(value)  # ValueError naming the entry
+
+
 _VALIDATORS: dict[str, Callable[[Any], None]] = {
     "node_name": _node_name,
     "source": _one_of(SOURCES),
@@ -242,6 +254,7 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     "datapath_type": _one_of(DATAPATH_TYPES),
     "tunnel_type": _one_of(TUNNEL_TYPES),
     "ovs_rundir": lambda v: _path(v, absolute=True),
+    "ovs_routes": _ovs_routes,
     "ovsdb_remote": _ovsdb_remote,
     "cni_socket": lambda v: _path(v, absolute=True, max_len=MAX_UNIX_SOCKET_PATH),
     "ipam_data_dir": lambda v: _path(v, absolute=True),

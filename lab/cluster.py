@@ -256,12 +256,13 @@ def route_underlay(node: NodeLayout, ovs: OvsSandbox | None = None, timeout: flo
     """ovs-vswitchd's own route to the underlay through br-phy (`ovs/route/add`): a user route,
     which its route-table resets leave alone, and whose insertion puts br-phy's address in the
     tunnel-termination map. Added once ovs-vswitchd no longer caches a kernel route through
-    br-phy (flushing one would take br-phy out of the map again); ovs-vswitchd forgets it when
-    it restarts, so whoever starts it again calls this again. No-op in "kernel" mode."""
-    if UNDERLAY_ROUTES == "kernel":
+    br-phy (flushing one would take br-phy out of the map again). ovs-vswitchd forgets it when
+    it restarts; the node's agent adds it again then (its `ovs_routes`, underlay_ovs_route).
+    No-op in "kernel" mode."""
+    route = underlay_ovs_route(node)
+    if not route:
         return
     ovs = ovs or node_ovs(node)
-    subnet = str(ipaddress.IPv4Network(f"{node.address}/{node.underlay_prefixlen}", strict=False))
     deadline = time.monotonic() + timeout
     while _cached_routes_through(ovs, PHYS_BRIDGE):
         if time.monotonic() > deadline:
@@ -270,7 +271,7 @@ def route_underlay(node: NodeLayout, ovs: OvsSandbox | None = None, timeout: flo
                 + ovs.appctl("ovs/route/show")
             )
         time.sleep(0.05)
-    ovs.appctl("ovs/route/add", subnet, PHYS_BRIDGE)
+    ovs.appctl("ovs/route/add", *route.split())
 
 
 def _cached_routes_through(ovs: OvsSandbox, dev: str) -> list[str]:
@@ -336,7 +337,19 @@ def agent_config(layout: LabLayout, spec: LabSpec, node: NodeLayout) -> dict[str
         "node_address": node.address,
         "health_bind_address": f"127.0.0.1:{HEALTH_PORT}",
         "log_level": "info",
+        # ovs-vswitchd's own route to the underlay (route_underlay), which the agent adds again
+        # whenever ovs-vswitchd restarts and forgets it.
+        "ovs_routes": underlay_ovs_route(node) if spec.encap != "none" else "",
     }
+
+
+def underlay_ovs_route(node: NodeLayout) -> str:
+    """`PREFIX BRIDGE`: the underlay through br-phy, as the agent's `ovs_routes` takes it; empty
+    when the lab leaves ovs-vswitchd the kernel's routes (PLUMB_LAB_UNDERLAY_ROUTES=kernel)."""
+    if UNDERLAY_ROUTES == "kernel":
+        return ""
+    subnet = ipaddress.IPv4Network(f"{node.address}/{node.underlay_prefixlen}", strict=False)
+    return f"{subnet} {PHYS_BRIDGE}"
 
 
 def write_agent_config(layout: LabLayout, spec: LabSpec, node: NodeLayout) -> None:

@@ -87,9 +87,7 @@ def restart(
     if component == "agent":
         result = _restart_agent(node, sig)
     else:
-        spec = layout.read_spec()
-        tunnelled = spec is not None and spec.encap != "none"
-        result = _restart_ovs_daemon(node, component, sig, tunnelled)
+        result = _restart_ovs_daemon(node, component, sig)
     progress(
         f"{node.name}: {component} restarted (pid {result.old_pid} -> {result.new_pid}, "
         f"away {result.away_s:.2f}s)"
@@ -109,9 +107,7 @@ def _restart_agent(node: NodeLayout, sig: signal.Signals) -> Restarted:
     return Restarted(node.name, "agent", sig.name, old, new, time.monotonic() - started)
 
 
-def _restart_ovs_daemon(
-    node: NodeLayout, component: str, sig: signal.Signals, tunnelled: bool
-) -> Restarted:
+def _restart_ovs_daemon(node: NodeLayout, component: str, sig: signal.Signals) -> Restarted:
     ovs = cluster.node_ovs(node)
     daemon: Daemon = "ovs-vswitchd" if component == "ovs-vswitchd" else "ovsdb-server"
     old = ovs.pid(daemon)
@@ -121,9 +117,7 @@ def _restart_ovs_daemon(
     _signal_and_wait(old, sig, lambda: ovs.pid(daemon) == old)
     # The daemon's own start (as its service manager would run it) waits until it answers.
     if daemon == "ovs-vswitchd":
-        ovs.start_vswitchd()
-        if tunnelled:  # its own route to the underlay went with it (lab.cluster.route_underlay)
-            cluster.route_underlay(node, ovs)
+        ovs.start_vswitchd()  # its own route to the underlay: the agent adds it again
     else:
         ovs.start_ovsdb()
     new = ovs.pid(daemon)
