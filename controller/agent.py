@@ -238,6 +238,9 @@ class Agent:
         self.policies.local_pod_changed(iface, present)
         if not self.policies.wait_idle(POLICY_WAIT):
             log.warning("policies for %s not realised within %.0fs", iface.owner, POLICY_WAIT)
+        # A pod attached or detached is a change the bridge is now in step with, as much as a
+        # change of the source: `plumbctl status` shows it as the last sync.
+        self.sync_clock.mark()
 
     def _wait_for_pod_object(self, iface: PodInterface) -> None:
         """Policies select pods by labels: a pod whose object has not reached the store yet

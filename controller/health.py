@@ -83,7 +83,8 @@ class SyncClock:
     a thread that waits until every reconciler is idle, then stamps the last sync. Idle after
     the change was counted means every change counted so far is committed; a reconciler that
     keeps failing (retrying a bundle) keeps the last sync where it was, so the source's change
-    stays younger than it. `mark` asks for a stamp without a source change (the agent's start).
+    stays younger than it. `mark` asks for a stamp without a source change (the agent's start,
+    a local pod attached or detached through CNI).
     """
 
     def __init__(

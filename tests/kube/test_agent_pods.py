@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +105,22 @@ def test_two_pods_reach_each_other_and_the_node(node):
     assert pings(b["netns"], a["ip"])
     assert pings(a["netns"], GATEWAY)
     assert run_in(ovs.netns, "ping", "-c", "1", "-W", "1", b["ip"]).returncode == 0
+
+
+def test_a_pod_attached_or_detached_moves_the_last_sync(node):
+    agent, pods, _ovs = node
+    assert agent.sync_clock.wait_synced(10)
+    before = time.time()
+    time.sleep(0.01)
+    assert agent.sync_clock.last_sync is not None and agent.sync_clock.last_sync < before
+    pods.add("a")
+    assert agent.sync_clock.wait_synced(10)
+    attached = agent.sync_clock.last_sync
+    assert attached is not None and attached > before
+    pods.cleanup()
+    pods.made.clear()
+    assert agent.sync_clock.wait_synced(10)
+    assert agent.sync_clock.last_sync is not None and agent.sync_clock.last_sync > attached
 
 
 def test_a_pod_forging_its_source_ip_is_dropped(node):
