@@ -207,11 +207,12 @@ class Switch:
         total = FlowDiff()
         with self._write_lock:
             for owner, desired in indexed.items():
-                _add(total, diff_flows(self._store.get(owner, {}), desired))
+                total.extend(diff_flows(self._store.get(owner, {}), desired))
             sent, bumped = total, self._next_epoch(indexed) if total else None
             if bumped is not None:
-                sent = FlowDiff(list(total.adds), list(total.modifies), list(total.deletes))
-                _add(sent, diff_flows(self._store.get(bumped[0], {}), bumped[1]))
+                sent = FlowDiff()
+                sent.extend(total)
+                sent.extend(diff_flows(self._store.get(bumped[0], {}), bumped[1]))
             if sent:
                 self._send_diff(sent)
             for owner, desired in indexed.items():
@@ -389,12 +390,6 @@ class Switch:
         )
         with self._write_lock:
             self._require_connection().request(mod, barrier=True)
-
-
-def _add(total: FlowDiff, part: FlowDiff) -> None:
-    total.adds += part.adds
-    total.modifies += part.modifies
-    total.deletes += part.deletes
 
 
 def _per_table(flows: Iterable[Flow]) -> Counter[str]:

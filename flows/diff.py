@@ -30,6 +30,12 @@ class FlowDiff:
     def __len__(self) -> int:
         return len(self.adds) + len(self.modifies) + len(self.deletes)
 
+    def extend(self, other: FlowDiff) -> None:
+        """Add `other`'s operations to these (several owners' diffs sent as one bundle)."""
+        self.adds += other.adds
+        self.modifies += other.modifies
+        self.deletes += other.deletes
+
 
 def index_flows(flows: Iterable[Flow]) -> dict[FlowKey, Flow]:
     """Flows by key; identical repeats collapse, conflicting ones raise."""

@@ -423,7 +423,7 @@ EPOCH_OWNER = "policy/epoch"
 # turn. Nothing sets those bits (the pipeline writes CT_SOURCE, ct_mark[0..3], only; a related
 # connection inherits its master's mark), so an epoch flow never matches a packet.
 EPOCH_LO = REVALIDATION_EPOCH.lo
-EPOCH_BITS = REVALIDATION_EPOCH.hi - REVALIDATION_EPOCH.lo + 1
+EPOCH_BITS = REVALIDATION_EPOCH.width
 
 
 def epoch_flows(generation: int, round_: int) -> list[Flow]:

@@ -242,7 +242,7 @@ def hide_underlay_routes(node: NodeLayout) -> None:
         cidr = f"{node.address}/{node.underlay_prefixlen}"
         host.run(["ip", "-n", netns, "addr", "add", cidr, "dev", dev, "noprefixroute"])
     host.run(["ip", "-n", netns, "link", "set", dev, "up"])
-    subnet = str(ipaddress.IPv4Network(f"{node.address}/{node.underlay_prefixlen}", strict=False))
+    subnet = underlay_subnet(node)
     # Whatever the kernel made on its own through br-phy (the local route, a prefix route).
     host.run(["ip", "-n", netns, "route", "del", "table", "local", "local", node.address,
               "dev", dev], check=False)  # fmt: skip
@@ -348,8 +348,12 @@ def underlay_ovs_route(node: NodeLayout) -> str:
     when the lab leaves ovs-vswitchd the kernel's routes (PLUMB_LAB_UNDERLAY_ROUTES=kernel)."""
     if UNDERLAY_ROUTES == "kernel":
         return ""
-    subnet = ipaddress.IPv4Network(f"{node.address}/{node.underlay_prefixlen}", strict=False)
-    return f"{subnet} {PHYS_BRIDGE}"
+    return f"{underlay_subnet(node)} {PHYS_BRIDGE}"
+
+
+def underlay_subnet(node: NodeLayout) -> str:
+    """The underlay's prefix, e.g. `172.30.0.0/24`."""
+    return str(ipaddress.IPv4Network(f"{node.address}/{node.underlay_prefixlen}", strict=False))
 
 
 def write_agent_config(layout: LabLayout, spec: LabSpec, node: NodeLayout) -> None:

@@ -35,3 +35,12 @@ def test_same_flows_make_an_empty_diff():
 def test_conflicting_duplicates_are_refused():
     with pytest.raises(DuplicateFlowError):
         index_flows([_flow(1), _flow(1, goto="ConntrackZone")])
+
+
+def test_diffs_of_several_owners_extend_one_another():
+    first = diff_flows(index_flows([_flow(1)]), index_flows([_flow(2)]))
+    second = diff_flows(index_flows([_flow(3)]), index_flows([_flow(3, goto="ConntrackZone")]))
+    first.extend(second)
+    assert first.adds == [_flow(2)] and first.deletes == [_flow(1)]
+    assert first.modifies == [_flow(3, goto="ConntrackZone")] and len(first) == 3
+    assert len(second) == 1  # left as it was
